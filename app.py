@@ -1,0 +1,76 @@
+"""Routes only: HTTP in, one call into chalicelib, a Dashboard-shaped answer out.
+
+Every route is served twice: as the Dashboard has it (the default cluster) and under
+/clusters/{cluster}/ for one named cluster.
+"""
+from __future__ import annotations
+
+import functools
+
+from chalice import Chalice
+
+from chalicelib import cors, dashboard, logs, service, settings
+
+app = Chalice(app_name="dashboard-auth", configure_logs=False)
+logs.configure(settings.current().log_level)
+
+
+@functools.lru_cache(maxsize=1)
+def auth() -> service.Service:
+    return service.build(settings.current())
+
+
+def route(path: str, methods: list[str]):
+    """Register a view at `path` and at /clusters/{cluster}`path`, with OPTIONS for CORS preflights."""
+    def register(view):
+        for prefix in ("", "/clusters/{cluster}"):
+            app.route(prefix + path, methods=methods + ["OPTIONS"], content_types=["application/json"])(view)
+        return view
+    return register
+
+
+@app.middleware("http")
+def cross_origin(event, get_response):
+    origin, allowed = event.headers.get("origin"), settings.current().cors_allowed_origins
+    if event.method == "OPTIONS":
+        return cors.preflight(origin, allowed)
+    return cors.decorate(get_response(event), origin, allowed)
+
+
+def _csrf() -> str | None:
+    return app.current_request.headers.get(dashboard.CSRF_HEADER)
+
+
+@route("/api/v1/login", ["POST"])
+def login(cluster=None):
+    return dashboard.answer(lambda: auth().login(cluster, app.current_request.raw_body, _csrf()))
+
+
+@route("/api/v1/token/refresh", ["POST"])
+def refresh(cluster=None):
+    return dashboard.answer(lambda: auth().refresh(cluster, app.current_request.raw_body, _csrf()))
+
+
+@route("/api/v1/csrftoken/{action}", ["GET"])
+def csrf_token(action, cluster=None):
+    return dashboard.answer(lambda: {"token": auth().csrf_token(cluster, action)})
+
+
+@route("/api/v1/login/modes", ["GET"])
+def login_modes(cluster=None):
+    return dashboard.answer(lambda: auth().cluster(cluster) and {"modes": ["token"]})
+
+
+@route("/api/v1/login/skippable", ["GET"])
+def login_skippable(cluster=None):
+    return dashboard.answer(lambda: auth().cluster(cluster) and {"skippable": False})
+
+
+@route("/api/v1/login/status", ["GET"])
+def login_status(cluster=None):
+    return dashboard.answer(lambda: auth().cluster(cluster) and dashboard.login_status(app.current_request.headers))
+
+
+@route("/api/v1/clusters", ["GET"])
+def clusters(cluster=None):
+    return dashboard.answer(lambda: auth().cluster_names(cluster))

@@ -1,0 +1,304 @@
+"""The clusters this service logs people in to, and the TokenReview that asks each one who a token is.
+
+Each cluster gets one kubernetes ApiClient per container, built on first use and kept, so a
+warm container pays one TLS handshake per cluster, not one per login. The kubernetes package
+is imported only when a review is actually needed: most refreshes never load it.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CLUSTER = "default"
+_CLUSTER_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+_DNS_LABEL = r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?"
+_SERVICE_ACCOUNT = re.compile(rf"system:serviceaccount:(?P<namespace>{_DNS_LABEL}):(?P<name>{_DNS_LABEL})")
+REVIEWER_TOKEN_REREAD_SECONDS = 60.0
+
+
+class ClusterConfigError(ValueError):
+    """The cluster registry (or kubeconfig) is missing or wrong; the message says what to fix."""
+
+
+class UnknownCluster(LookupError):
+    pass
+
+
+class ClusterUnavailable(RuntimeError):
+    """The cluster could not give an answer (down, slow, 5xx, or it refused our reviewer)."""
+
+
+class NotAuthenticated(Exception):
+    """The cluster answered: this token is not an authenticated ServiceAccount of it."""
+
+
+@dataclass(frozen=True)
+class ServiceAccount:
+    namespace: str
+    name: str
+
+
+@dataclass
+class Cluster:
+    name: str
+    server: str | None
+    ca_data: bytes | None
+    reviewer: dict
+    audiences: tuple[str, ...] = ()
+    token_ttl: int | None = None
+    _client: object = field(default=None, repr=False)
+    _client_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+
+@dataclass(frozen=True)
+class Registry:
+    default: str
+    clusters: dict[str, Cluster]
+
+    def get(self, name: str | None) -> Cluster:
+        cluster = self.clusters.get(self.default if name is None else name)
+        if cluster is None:
+            raise UnknownCluster(name)
+        return cluster
+
+    def names(self) -> list[str]:
+        return sorted(self.clusters)
+
+
+# ---------------------------------------------------------------- registry loading
+
+def _fail(source: str, message: str) -> ClusterConfigError:
+    return ClusterConfigError(f"{source}: {message}")
+
+
+def _parse_reviewer(source: str, name: str, reviewer: object, base_dir: str) -> dict:
+    if not isinstance(reviewer, dict) or len(reviewer) != 1:
+        raise _fail(source, f'cluster {name!r} needs "reviewer": one of {{"tokenFile"}}, {{"tokenSecretId"}}, {{"eks"}}')
+    (kind, value), = reviewer.items()
+    if kind == "tokenFile" and isinstance(value, str) and value:
+        return {kind: os.path.join(base_dir, value)}  # an absolute value stays as it is
+    if kind == "tokenSecretId" and isinstance(value, str) and value:
+        return {kind: value}
+    if kind == "eks" and isinstance(value, dict) and isinstance(value.get("clusterName"), str):
+        region = value.get("region")
+        if region is not None and not isinstance(region, str):
+            raise _fail(source, f'cluster {name!r}: reviewer.eks.region must be a string')
+        return {"eks": {"clusterName": value["clusterName"], "region": region}}
+    raise _fail(source, f'cluster {name!r}: reviewer {kind!r} is not one of tokenFile, tokenSecretId, eks (with clusterName)')
+
+
+def _parse_cluster(source: str, entry: object, base_dir: str) -> Cluster:
+    if not isinstance(entry, dict):
+        raise _fail(source, "each entry of clusters must be an object")
+    name = entry.get("name")
+    if not isinstance(name, str) or not _CLUSTER_NAME.fullmatch(name):
+        raise _fail(source, f"cluster name {name!r} must be a DNS label (lowercase letters, digits, '-')")
+    server = entry.get("server")
+    if not isinstance(server, str) or not server.startswith("https://"):
+        raise _fail(source, f"cluster {name!r}: server must be an https:// URL")
+    try:
+        ca_data = base64.b64decode(entry.get("certificateAuthorityData", ""), validate=True)
+    except (ValueError, TypeError):
+        ca_data = b""
+    if b"-----BEGIN CERTIFICATE-----" not in ca_data:
+        raise _fail(source, f"cluster {name!r}: certificateAuthorityData must be base64 of a PEM certificate")
+    audiences = entry.get("audiences", [])
+    if not isinstance(audiences, list) or not all(isinstance(a, str) and a for a in audiences):
+        raise _fail(source, f"cluster {name!r}: audiences must be a list of strings")
+    token_ttl = entry.get("tokenTTL")
+    if token_ttl is not None and (not isinstance(token_ttl, int) or isinstance(token_ttl, bool) or token_ttl < 0):
+        raise _fail(source, f"cluster {name!r}: tokenTTL must be a whole number of seconds")
+    unknown = set(entry) - {"name", "server", "certificateAuthorityData", "reviewer", "audiences", "tokenTTL"}
+    if unknown:
+        raise _fail(source, f"cluster {name!r}: unknown fields {sorted(unknown)}")
+    return Cluster(
+        name=name,
+        server=server.rstrip("/"),
+        ca_data=ca_data,
+        reviewer=_parse_reviewer(source, name, entry.get("reviewer"), base_dir),
+        audiences=tuple(audiences),
+        token_ttl=token_ttl,
+    )
+
+
+def parse_registry(source: str, text: str, base_dir: str) -> Registry:
+    try:
+        document = json.loads(text)
+    except ValueError as error:
+        raise _fail(source, f"not valid JSON ({error})") from None
+    if not isinstance(document, dict) or not isinstance(document.get("clusters"), list) or not document["clusters"]:
+        raise _fail(source, 'expected {"defaultCluster": ..., "clusters": [ ... ]} with at least one cluster')
+    clusters: dict[str, Cluster] = {}
+    for entry in document["clusters"]:
+        cluster = _parse_cluster(source, entry, base_dir)
+        if cluster.name in clusters:
+            raise _fail(source, f"cluster {cluster.name!r} is listed twice")
+        clusters[cluster.name] = cluster
+    default = document.get("defaultCluster", next(iter(clusters)))
+    if default not in clusters:
+        raise _fail(source, f"defaultCluster {default!r} is not one of the clusters {sorted(clusters)}")
+    return Registry(default=default, clusters=clusters)
+
+
+def load_registry(clusters_file: str | None, base_dir: str) -> Registry:
+    """The registry file, or without one the current kubeconfig context as cluster "default"."""
+    if clusters_file is None:
+        kubeconfig = Cluster(name=DEFAULT_CLUSTER, server=None, ca_data=None, reviewer={"kubeconfig": True})
+        return Registry(default=DEFAULT_CLUSTER, clusters={DEFAULT_CLUSTER: kubeconfig})
+    try:
+        with open(clusters_file, encoding="utf-8") as handle:
+            text = handle.read()
+    except OSError as error:
+        raise _fail(clusters_file, f"cannot read the cluster registry ({error.strerror})") from None
+    return parse_registry(clusters_file, text, base_dir)
+
+
+# ---------------------------------------------------------------- reviewer credentials
+
+class _ReviewerToken:
+    """The service's own bearer token for a cluster, re-read now and then so rotated tokens are picked up."""
+
+    def __init__(self, fetch: Callable[[], str]):
+        self._fetch = fetch
+        self._token: str | None = None
+        self._fetched_at = 0.0
+
+    def get(self) -> str:
+        if self._token is None or time.monotonic() - self._fetched_at > REVIEWER_TOKEN_REREAD_SECONDS:
+            self._token = self._fetch().strip()
+            self._fetched_at = time.monotonic()
+        return self._token
+
+
+def _token_file_reader(path: str) -> Callable[[], str]:
+    def read() -> str:
+        try:
+            with open(path, encoding="utf-8") as handle:
+                return handle.read()
+        except OSError as error:
+            raise ClusterUnavailable(f"cannot read reviewer tokenFile {path}: {error.strerror}") from None
+    return read
+
+
+def _token_secret_reader(secret_id: str, secrets_client: Callable[[], object]) -> Callable[[], str]:
+    def read() -> str:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            value = secrets_client().get_secret_value(SecretId=secret_id)["SecretString"]
+        except (ClientError, BotoCoreError, KeyError) as error:
+            raise ClusterUnavailable(f"cannot read reviewer tokenSecretId {secret_id}: {type(error).__name__}") from None
+        try:
+            document = json.loads(value)
+        except ValueError:
+            return value
+        return document["token"] if isinstance(document, dict) and isinstance(document.get("token"), str) else value
+    return read
+
+
+def eks_token(cluster_name: str, region: str | None, sts_client: object) -> str:
+    """An EKS bearer token: a presigned STS GetCallerIdentity URL naming the cluster, as `aws eks get-token` makes."""
+    def add_cluster_header(request, **_):
+        request.headers["x-k8s-aws-id"] = cluster_name
+
+    sts_client.meta.events.register("before-sign.sts.GetCallerIdentity", add_cluster_header)
+    try:
+        url = sts_client.generate_presigned_url("get_caller_identity", ExpiresIn=60, HttpMethod="GET")
+    finally:
+        sts_client.meta.events.unregister("before-sign.sts.GetCallerIdentity", add_cluster_header)
+    return "k8s-aws-v1." + base64.urlsafe_b64encode(url.encode()).decode().rstrip("=")
+
+
+def _eks_reader(cluster_name: str, region: str | None) -> Callable[[], str]:
+    def read() -> str:
+        import boto3
+
+        return eks_token(cluster_name, region, boto3.client("sts", region_name=region))
+    return read
+
+
+# ---------------------------------------------------------------- TokenReview
+
+class Reviewer:
+    """Asks clusters about tokens, one long-lived ApiClient per cluster."""
+
+    def __init__(self, timeout: float, secrets_client: Callable[[], object]):
+        self._timeout = timeout
+        self._secrets_client = secrets_client
+
+    def review(self, cluster: Cluster, token: str) -> ServiceAccount:
+        from kubernetes.client import AuthenticationV1Api, V1TokenReview, V1TokenReviewSpec
+        from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError
+
+        body = V1TokenReview(spec=V1TokenReviewSpec(token=token, audiences=list(cluster.audiences) or None))
+        try:
+            answer = AuthenticationV1Api(self._client(cluster)).create_token_review(
+                body, _request_timeout=(self._timeout, self._timeout)
+            )
+        except ApiException as error:
+            # str(error) would include the response body, which echoes the token: log the status only.
+            if error.status in (401, 403):
+                raise ClusterUnavailable(
+                    f"cluster {cluster.name} refused the service's reviewer credentials (HTTP {error.status}); "
+                    "the reviewer needs `create` on tokenreviews.authentication.k8s.io"
+                ) from None
+            raise ClusterUnavailable(f"cluster {cluster.name} answered HTTP {error.status} to TokenReview") from None
+        except (HTTPError, OSError) as error:
+            raise ClusterUnavailable(f"cluster {cluster.name} unreachable: {type(error).__name__}") from None
+        return _service_account(cluster, answer.status)
+
+    def _client(self, cluster: Cluster):
+        with cluster._client_lock:
+            if cluster._client is None:
+                cluster._client = self._build_client(cluster)
+            return cluster._client
+
+    def _build_client(self, cluster: Cluster):
+        from kubernetes import client, config
+
+        if "kubeconfig" in cluster.reviewer:
+            try:
+                api_client = config.new_client_from_config()
+            except (config.ConfigException, OSError) as error:
+                raise ClusterConfigError(
+                    "no cluster is configured: set CLUSTERS_FILE to a cluster registry, or point KUBECONFIG at a "
+                    f"kubeconfig whose current context may create TokenReviews ({type(error).__name__})"
+                ) from None
+            api_client.configuration.retries = 1
+            return api_client
+        configuration = client.Configuration(host=cluster.server, ca_cert_data=cluster.ca_data.decode())
+        configuration.retries = 1
+        configuration.connection_pool_maxsize = 4
+        reviewer_token = _ReviewerToken(self._token_source(cluster))
+        configuration.api_key_prefix["authorization"] = "Bearer"
+        configuration.refresh_api_key_hook = lambda conf: conf.api_key.__setitem__("authorization", reviewer_token.get())
+        return client.ApiClient(configuration)
+
+    def _token_source(self, cluster: Cluster) -> Callable[[], str]:
+        kind, value = next(iter(cluster.reviewer.items()))
+        if kind == "tokenFile":
+            return _token_file_reader(value)
+        if kind == "tokenSecretId":
+            return _token_secret_reader(value, self._secrets_client)
+        return _eks_reader(value["clusterName"], value["region"])
+
+
+def _service_account(cluster: Cluster, status) -> ServiceAccount:
+    if status is None or not status.authenticated or status.user is None:
+        raise NotAuthenticated()
+    match = _SERVICE_ACCOUNT.fullmatch(status.user.username or "")
+    if match is None:
+        raise NotAuthenticated()  # a person or a node, not a ServiceAccount
+    if cluster.audiences and not set(status.audiences or ()) & set(cluster.audiences):
+        raise NotAuthenticated()
+    return ServiceAccount(namespace=match["namespace"], name=match["name"])

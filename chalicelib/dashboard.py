@@ -1,0 +1,226 @@
+"""The Dashboard v2 wire contract: request bodies in, response bodies and error shapes out.
+
+The Dashboard frontend reads these exact shapes (see DESIGN.md, "Errors"); nothing here
+decides policy, it only speaks the Dashboard's language.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import re
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from chalice import Response
+
+from .clusters import ClusterConfigError, ClusterUnavailable, NotAuthenticated, UnknownCluster
+from .keys import KeyNotConfigured, KeyStoreUnavailable
+from .sessions import InvalidToken, SessionExpired
+
+logger = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 64 * 1024
+RETRY_AFTER_SECONDS = 5
+UNAUTHORIZED = "MSG_LOGIN_UNAUTHORIZED_ERROR"
+EXPIRED = "MSG_TOKEN_EXPIRED_ERROR"
+CSRF_FAILED = "CSRF validation failed"
+CSRF_HEADER = "X-CSRF-TOKEN"
+CSRF_TIMEOUT_MS = 24 * 60 * 60 * 1000
+_CSRF_ACTION = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_LOGIN_FIELDS = {"username", "password", "token", "kubeconfig"}
+
+
+class BadRequest(ValueError):
+    """The request is malformed; the message is a sentence for the client."""
+
+
+class BodyTooLarge(ValueError):
+    pass
+
+
+class CsrfRejected(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class LoginSpec:
+    token: str
+
+
+# ---------------------------------------------------------------- request bodies
+
+def _json_object(raw_body: bytes | None) -> dict:
+    if raw_body is not None and len(raw_body) > MAX_BODY_BYTES:
+        raise BodyTooLarge()
+    if not raw_body:
+        raise BadRequest("The request body is empty; send a JSON object.")
+    try:
+        document = json.loads(raw_body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise BadRequest("The request body is not valid JSON.") from None
+    if not isinstance(document, dict):
+        raise BadRequest("The request body must be a JSON object.")
+    return document
+
+
+def _token_from_kubeconfig(text: str) -> str:
+    import yaml
+
+    try:
+        config = yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise BadRequest("kubeconfig is not valid YAML.") from None
+    if not isinstance(config, dict):
+        raise BadRequest("kubeconfig must be a YAML mapping.")
+
+    def named(section: str, name: object) -> dict:
+        for entry in config.get(section) or []:
+            if isinstance(entry, dict) and entry.get("name") == name:
+                return entry
+        return {}
+
+    context = named("contexts", config.get("current-context")).get("context") or {}
+    user = named("users", context.get("user") if isinstance(context, dict) else None).get("user") or {}
+    token = user.get("token") if isinstance(user, dict) else None
+    if not isinstance(token, str) or not token:
+        raise BadRequest("kubeconfig's current context has no user with a token; only token logins are supported.")
+    return token
+
+
+def parse_login(raw_body: bytes | None) -> LoginSpec:
+    body = _json_object(raw_body)
+    unknown = set(body) - _LOGIN_FIELDS
+    if unknown:
+        raise BadRequest(f"Unknown login fields: {', '.join(sorted(unknown))}.")
+    if not all(isinstance(value, str) for value in body.values()):
+        raise BadRequest("Login fields must be strings.")
+    if body.get("username") or body.get("password"):
+        raise BadRequest("Basic (username/password) login is not supported; log in with a token.")
+    token, kubeconfig = body.get("token", ""), body.get("kubeconfig", "")
+    if bool(token) == bool(kubeconfig):
+        raise BadRequest('Send exactly one of "token" or "kubeconfig".')
+    return LoginSpec(token=token or _token_from_kubeconfig(kubeconfig))
+
+
+def parse_refresh(raw_body: bytes | None) -> str:
+    body = _json_object(raw_body)
+    token = body.get("jweToken")
+    if not isinstance(token, str) or not token:
+        raise BadRequest('The request body must carry "jweToken", a string.')
+    return token
+
+
+def csrf_action(action: str) -> str:
+    if not _CSRF_ACTION.fullmatch(action or ""):
+        raise BadRequest("The CSRF action must be 1-64 letters, digits, '.', '_' or '-'.")
+    return action
+
+
+# ---------------------------------------------------------------- CSRF (golang.org/x/net/xsrftoken)
+
+def _clean(value: str) -> str:
+    return value.replace(":", "::")
+
+
+def csrf_token(key: str, action: str, now_ms: int | None = None) -> str:
+    """A token the Dashboard's xsrftoken.Generate(key, "none", action) would produce."""
+    millis = int(time.time() * 1000) if now_ms is None else now_ms
+    digest = hmac.new(key.encode(), f"{_clean('none')}:{_clean(action)}:{millis}".encode(), hashlib.sha1).digest()
+    return base64.urlsafe_b64encode(digest).decode().rstrip("=") + f":{millis}"
+
+
+def csrf_valid(token: str | None, keys: list[str], action: str, now_ms: int | None = None) -> bool:
+    """xsrftoken.Valid: signed by one of our keys for this action, under 24 h old, not from the future."""
+    if not token or len(token) > 128:
+        return False
+    _, sep, millis_text = token.rpartition(":")
+    if not sep or not millis_text.isdigit():
+        return False
+    millis = int(millis_text)
+    now = int(time.time() * 1000) if now_ms is None else now_ms
+    if now - millis >= CSRF_TIMEOUT_MS or millis > now + 60_000:
+        return False
+    return any(hmac.compare_digest(token.encode(), csrf_token(key, action, millis).encode()) for key in keys)
+
+
+# ---------------------------------------------------------------- responses
+
+@dataclass(frozen=True)
+class AuthResponse:
+    """The Dashboard's AuthResponse: `name` only on login, as the Dashboard omits it when empty."""
+
+    jwe_token: str
+    name: str | None = None
+
+    def body(self) -> dict:
+        body = {"jweToken": self.jwe_token, "errors": []}
+        return {"name": self.name, **body} if self.name else body
+
+
+def login_unauthorized() -> dict:
+    """The Dashboard's answer to a token the cluster does not accept: 200 with a k8s Status error."""
+    status = {"metadata": {}, "status": "Failure", "message": UNAUTHORIZED, "reason": "Unauthorized", "code": 401}
+    return {"jweToken": "", "errors": [{"ErrStatus": status}]}
+
+
+def text_error(status_code: int, message: str, retry_after: int | None = None) -> Response:
+    headers = {"Content-Type": "text/plain; charset=utf-8", "X-Content-Type-Options": "nosniff"}
+    if retry_after is not None:
+        headers["Retry-After"] = str(retry_after)
+    return Response(body=message + "\n", status_code=status_code, headers=headers)
+
+
+def json_response(body: dict, status_code: int = 200) -> Response:
+    return Response(
+        body=json.dumps(body),
+        status_code=status_code,
+        headers={"Content-Type": "application/json", "Cache-Control": "no-store"},
+    )
+
+
+def login_status(headers) -> dict:
+    impersonated = headers.get("impersonate-user") or ""
+    return {
+        "tokenPresent": bool(headers.get("jwetoken")),
+        "headerPresent": bool(headers.get("authorization")),
+        # API Gateway terminates TLS and says so here; the frontend disables login when this is false off localhost.
+        "httpsMode": headers.get("x-forwarded-proto", "").lower() == "https",
+        "impersonationPresent": bool(impersonated),
+        "impersonatedUser": impersonated,
+    }
+
+
+def answer(operation: Callable[[], object]) -> Response:
+    """Run one route's operation and speak its outcome, or its failure, as the Dashboard expects."""
+    try:
+        result = operation()
+    except NotAuthenticated:
+        return json_response(login_unauthorized())
+    except SessionExpired:
+        return text_error(401, EXPIRED)
+    except InvalidToken:
+        return text_error(401, UNAUTHORIZED)
+    except CsrfRejected:
+        return text_error(401, CSRF_FAILED)
+    except BadRequest as error:
+        return text_error(400, str(error))
+    except BodyTooLarge:
+        return text_error(413, f"The request body is larger than {MAX_BODY_BYTES} bytes.")
+    except UnknownCluster:
+        return text_error(404, "No such cluster; GET /api/v1/clusters lists the clusters served here.")
+    except (ClusterConfigError, KeyNotConfigured) as error:
+        logger.error("misconfigured: %s", error)
+        return text_error(503, f"The service is not configured: {error}.", retry_after=60)
+    except ClusterUnavailable as error:
+        logger.error("cluster unavailable: %s", error)
+        return text_error(503, "The cluster cannot check tokens right now; try again shortly.", RETRY_AFTER_SECONDS)
+    except KeyStoreUnavailable as error:
+        logger.error("key store unavailable: %s", error)
+        return text_error(503, "The session key is unavailable right now; try again shortly.", RETRY_AFTER_SECONDS)
+    if isinstance(result, AuthResponse):
+        result = result.body()
+    return result if isinstance(result, Response) else json_response(result)

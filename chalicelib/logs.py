@@ -1,0 +1,48 @@
+"""Logging that cannot leak credentials, whatever a library logs at DEBUG.
+
+The kubernetes client logs whole response bodies at DEBUG, and a TokenReview answer echoes the
+token under review. Rather than trusting every logger's level, every record is scrubbed on its
+way out: anything shaped like a JWT, a JWE, a PEM block or a bearer header is replaced.
+"""
+from __future__ import annotations
+
+import logging
+import re
+
+REDACTED = "[redacted]"
+_SECRETS = re.compile(
+    r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*"  # JWT (compact JOSE)
+    r"|-----BEGIN [A-Z ]+-----.*?-----END [A-Z ]+-----"  # PEM blocks
+    r"|(?i:bearer)\s+[^\s'\",]+"  # Authorization header values
+    r"|\"(?:encrypted_key|ciphertext|token|priv|pub|csrf)\"\s*:\s*\"[^\"]*\""  # JSON members
+    r"|'(?:encrypted_key|ciphertext|token|priv|pub|csrf)'\s*:\s*'[^']*'",  # their Python reprs
+    re.DOTALL,
+)
+
+
+def redact(text: str) -> str:
+    return _SECRETS.sub(REDACTED, text)
+
+
+class RedactingFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        record.msg, record.args = redact(message), None
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        return True
+
+
+def configure(level: str) -> None:
+    """Attach the scrubber to every root handler (Lambda installs its own) and set the level."""
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+        root.addHandler(handler)
+    for handler in root.handlers:
+        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+            handler.addFilter(RedactingFilter())
+    root.setLevel(level)

@@ -1,0 +1,184 @@
+"""Login and refresh: composes keys, clusters and sessions. The session policies live here.
+
+Policy, in one place:
+- a session token lives TOKEN_TTL (or the cluster's tokenTTL), but never past the ServiceAccount
+  token's own exp, nor past auth_time + MAX_SESSION_TTL;
+- a refresh asks the cluster again when the last TokenReview is older than REVIEW_INTERVAL, so a
+  deleted ServiceAccount loses its session within that interval;
+- a session belongs to the cluster it logged in to.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+from datetime import datetime, timedelta, timezone
+from typing import Callable
+
+from . import dashboard, sessions
+from .clusters import Cluster, NotAuthenticated, Registry, Reviewer, load_registry
+from .keys import FileKeyStore, KeyCache, KeyNotConfigured, SecretsManagerKeyStore
+from .settings import Settings, resolve_path
+
+logger = logging.getLogger(__name__)
+
+CLOCK_SKEW = timedelta(seconds=60)
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc).replace(microsecond=0)
+
+
+class Service:
+    def __init__(
+        self,
+        settings: Settings,
+        registry: Callable[[], Registry],
+        keys: KeyCache,
+        reviewer: Reviewer,
+        clock: Callable[[], datetime] = utc_now,
+    ):
+        self._settings = settings
+        self._registry = registry
+        self._keys = keys
+        self._reviewer = reviewer
+        self._clock = clock
+
+    # ------------------------------------------------------------ routes
+
+    def login(self, cluster_name: str | None, raw_body: bytes | None, csrf: str | None) -> dashboard.AuthResponse:
+        cluster = self.cluster(cluster_name)
+        self._check_csrf("login", csrf, raw_body)
+        spec = dashboard.parse_login(raw_body)
+        key = self._keys.keys().current  # before asking the cluster: no key, no point
+        if not sessions.looks_like_jwt(spec.token):
+            raise NotAuthenticated()  # ServiceAccount tokens are JWTs; don't send anything else to a cluster
+        account = self._reviewer.review(cluster, spec.token)
+        now = self._clock()
+        claims = sessions.Claims(
+            issued_at=now,
+            expires_at=self._expiry(cluster, now, auth_time=now, token=spec.token),
+            cluster=cluster.name,
+            auth_time=now,
+            reviewed_at=now,
+        )
+        logger.info("login: cluster=%s serviceaccount=%s/%s", cluster.name, account.namespace, account.name)
+        return dashboard.AuthResponse(sessions.mint(spec.token, claims, key.public, key.kid), name=account.name)
+
+    def refresh(self, cluster_name: str | None, raw_body: bytes | None, csrf: str | None) -> dashboard.AuthResponse:
+        cluster = self.cluster(cluster_name)
+        self._check_csrf("token", csrf, raw_body)
+        envelope = sessions.parse(dashboard.parse_refresh(raw_body))
+        if (envelope.claims.cluster or self._registry().default) != cluster.name:
+            raise sessions.InvalidToken()
+        token = self._open(envelope)
+        claims, now = envelope.claims, self._clock()
+        if claims.issued_at > now + CLOCK_SKEW:
+            raise sessions.InvalidToken()
+        if self._past_limits(cluster, claims, token, now):
+            raise sessions.SessionExpired()
+        reviewed_at = claims.reviewed_at
+        if reviewed_at is None or now - reviewed_at >= timedelta(seconds=self._settings.review_interval):
+            try:
+                self._reviewer.review(cluster, token)
+            except NotAuthenticated:
+                logger.info("refresh: cluster=%s no longer accepts the session's ServiceAccount", cluster.name)
+                raise sessions.SessionExpired() from None
+            reviewed_at = now
+        key = self._keys.keys().current
+        renewed = sessions.Claims(
+            issued_at=now,
+            expires_at=self._expiry(cluster, now, auth_time=claims.auth_time, token=token),
+            cluster=cluster.name,
+            auth_time=claims.auth_time,
+            reviewed_at=reviewed_at,
+        )
+        return dashboard.AuthResponse(sessions.mint(token, renewed, key.public, key.kid))
+
+    def csrf_token(self, cluster_name: str | None, action: str) -> str:
+        self.cluster(cluster_name)
+        return dashboard.csrf_token(self._keys.keys().current.csrf_secret, dashboard.csrf_action(action))
+
+    def cluster(self, cluster_name: str | None) -> Cluster:
+        return self._registry().get(cluster_name)
+
+    def cluster_names(self, cluster_name: str | None) -> dict:
+        registry = self._registry()
+        registry.get(cluster_name)
+        return {"clusters": registry.names(), "defaultCluster": registry.default}
+
+    # ------------------------------------------------------------ policy
+
+    def _check_csrf(self, action: str, token: str | None, raw_body: bytes | None) -> None:
+        if raw_body is not None and len(raw_body) > dashboard.MAX_BODY_BYTES:
+            raise dashboard.BodyTooLarge()  # before any work, the CSRF check included
+        if not self._settings.csrf_enforce:
+            return
+        secrets = [key.csrf_secret for key in self._keys.keys().all()]
+        if not dashboard.csrf_valid(token, secrets, action):
+            raise dashboard.CsrfRejected()
+
+    def _open(self, envelope: sessions.Envelope) -> str:
+        for key in self._keys.candidates(envelope.kid):
+            try:
+                return sessions.decrypt(envelope, key.private)
+            except sessions.InvalidToken:
+                continue
+        raise sessions.InvalidToken()
+
+    def _past_limits(self, cluster: Cluster, claims: sessions.Claims, token: str, now: datetime) -> bool:
+        limits = [claims.expires_at, self._lifetime_end(claims.auth_time), sessions.jwt_expiry(token)]
+        return any(limit is not None and now >= limit for limit in limits)
+
+    def _lifetime_end(self, auth_time: datetime) -> datetime | None:
+        if self._settings.max_session_ttl == 0:
+            return None
+        return auth_time + timedelta(seconds=self._settings.max_session_ttl)
+
+    def _expiry(self, cluster: Cluster, now: datetime, auth_time: datetime, token: str) -> datetime | None:
+        ttl = cluster.token_ttl if cluster.token_ttl is not None else self._settings.token_ttl
+        bounds = [
+            now + timedelta(seconds=ttl) if ttl else None,
+            self._lifetime_end(auth_time),
+            sessions.jwt_expiry(token),
+        ]
+        present = [bound for bound in bounds if bound is not None]
+        return min(present) if present else None
+
+
+# ---------------------------------------------------------------- composition, once per container
+
+@functools.lru_cache(maxsize=1)
+def secrets_manager():
+    """The container's Secrets Manager client, built on first use (honours AWS_ENDPOINT_URL_SECRETS_MANAGER)."""
+    import boto3
+    from botocore.config import Config
+
+    config = Config(retries={"mode": "standard", "max_attempts": 3}, connect_timeout=2, read_timeout=5)
+    return boto3.client("secretsmanager", config=config)
+
+
+def key_store(settings: Settings):
+    if settings.key_secret_id:
+        return SecretsManagerKeyStore(settings.key_secret_id, secrets_manager)
+    if settings.key_file:
+        return FileKeyStore(resolve_path(settings, settings.key_file))
+    return _NoKeyStore()
+
+
+class _NoKeyStore:
+    def fetch(self):
+        raise KeyNotConfigured("no key is configured: set KEY_SECRET_ID (Secrets Manager) or KEY_FILE (local file)")
+
+
+def build(settings: Settings) -> Service:
+    registry = functools.lru_cache(maxsize=1)(
+        lambda: load_registry(
+            resolve_path(settings, settings.clusters_file) if settings.clusters_file else None, settings.app_dir
+        )
+    )
+    return Service(
+        settings=settings,
+        registry=registry,
+        keys=KeyCache(key_store(settings), ttl=settings.key_cache_ttl),
+        reviewer=Reviewer(timeout=settings.cluster_timeout, secrets_client=secrets_manager),
+    )

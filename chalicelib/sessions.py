@@ -1,0 +1,213 @@
+"""Session tokens: mint and open the Dashboard v2 JWE, strictly. Pure: no I/O, no clock.
+
+Wire format (shared with the Dashboard's go-jose code): flattened JWE JSON serialization,
+protected header {"alg": "RSA-OAEP-256", "enc": "A256GCM", "kid": ...}, the AAD a JSON object
+of strings carrying the session's times, the plaintext the Dashboard's AuthInfo {"token": ...}.
+
+Every byte of a presented token is hostile. `parse` checks the envelope's shape before any
+cryptography runs, and every way a token can be wrong raises the same `InvalidToken`, so an
+answer never tells an attacker which check failed.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from jwcrypto import jwe, jwk
+
+ALGORITHM = "RSA-OAEP-256"
+ENCRYPTION = "A256GCM"
+MAX_TOKEN_CHARS = 16 * 1024
+
+_MEMBERS = {"protected", "aad", "encrypted_key", "iv", "ciphertext", "tag"}
+_HEADER_MEMBERS = {"alg", "enc", "kid"}
+_CLAIM_MEMBERS = {"iat", "exp", "cluster", "auth_time", "reviewed_at"}
+_B64URL = re.compile(r"[A-Za-z0-9_-]*")
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})")
+_JWT = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
+_MAX_KID_CHARS = 128
+
+
+class InvalidToken(Exception):
+    """Not a session token of ours. Deliberately carries no detail for the client."""
+
+
+class SessionExpired(Exception):
+    """A genuine session that may not continue: past exp, past its lifetime, or its ServiceAccount is gone."""
+
+
+@dataclass(frozen=True)
+class Claims:
+    """What the AAD says about a session. Authenticated by the AEAD tag, readable without the key."""
+
+    issued_at: datetime
+    expires_at: datetime | None
+    cluster: str | None
+    auth_time: datetime
+    reviewed_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """A presented token whose shape has been checked but whose contents are not yet trusted."""
+
+    kid: str | None
+    claims: Claims
+    text: str
+
+
+def format_time(moment: datetime) -> str:
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(text: object) -> datetime:
+    if not isinstance(text, str) or not _RFC3339.fullmatch(text):
+        raise InvalidToken()
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(timezone.utc)
+    except ValueError:
+        raise InvalidToken() from None
+
+
+def _reject_duplicates(pairs: list[tuple[str, object]]) -> dict:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        raise InvalidToken()
+    return result
+
+
+def _strict_json(text: str | bytes) -> object:
+    try:
+        return json.loads(text, object_pairs_hook=_reject_duplicates)
+    except (ValueError, RecursionError, UnicodeDecodeError):
+        raise InvalidToken() from None
+
+
+def _b64decode(text: object) -> bytes:
+    if not isinstance(text, str) or not _B64URL.fullmatch(text) or len(text) % 4 == 1:
+        raise InvalidToken()
+    try:
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (binascii.Error, ValueError):
+        raise InvalidToken() from None
+
+
+def _b64encode(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _claims_from_aad(aad: bytes) -> Claims:
+    fields = _strict_json(aad)
+    if (
+        not isinstance(fields, dict)
+        or not set(fields) <= _CLAIM_MEMBERS
+        or "iat" not in fields
+        or not all(isinstance(v, str) for v in fields.values())
+    ):
+        raise InvalidToken()
+    issued_at = parse_time(fields["iat"])
+    cluster = fields.get("cluster")
+    if cluster is not None and not cluster:
+        raise InvalidToken()
+    return Claims(
+        issued_at=issued_at,
+        expires_at=parse_time(fields["exp"]) if "exp" in fields else None,
+        cluster=cluster,
+        # A Dashboard-minted token has no auth_time: its session began no earlier than iat.
+        auth_time=parse_time(fields["auth_time"]) if "auth_time" in fields else issued_at,
+        reviewed_at=parse_time(fields["reviewed_at"]) if "reviewed_at" in fields else None,
+    )
+
+
+def _aad_from_claims(claims: Claims) -> bytes:
+    fields = {"iat": format_time(claims.issued_at), "auth_time": format_time(claims.auth_time)}
+    if claims.expires_at is not None:
+        fields["exp"] = format_time(claims.expires_at)
+    if claims.cluster is not None:
+        fields["cluster"] = claims.cluster
+    if claims.reviewed_at is not None:
+        fields["reviewed_at"] = format_time(claims.reviewed_at)
+    # Sorted and compact, as Go's encoding/json writes a map[string]string.
+    return json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
+
+
+def parse(text: object) -> Envelope:
+    """Check a presented token's envelope: only what the Dashboard and we ever mint passes."""
+    if not isinstance(text, str) or not 0 < len(text) <= MAX_TOKEN_CHARS:
+        raise InvalidToken()
+    document = _strict_json(text)
+    if not isinstance(document, dict) or set(document) != _MEMBERS:
+        raise InvalidToken()
+    if not all(isinstance(value, str) for value in document.values()):
+        raise InvalidToken()
+    header = _strict_json(_b64decode(document["protected"]))
+    if (
+        not isinstance(header, dict)
+        or not set(header) <= _HEADER_MEMBERS
+        or header.get("alg") != ALGORITHM
+        or header.get("enc") != ENCRYPTION
+    ):
+        raise InvalidToken()
+    kid = header.get("kid")
+    if kid is not None and (not isinstance(kid, str) or not 0 < len(kid) <= _MAX_KID_CHARS):
+        raise InvalidToken()
+    if len(_b64decode(document["iv"])) != 12 or len(_b64decode(document["tag"])) != 16:
+        raise InvalidToken()
+    if len(_b64decode(document["encrypted_key"])) not in (256, 384, 512):
+        raise InvalidToken()
+    _b64decode(document["ciphertext"])
+    return Envelope(kid=kid, claims=_claims_from_aad(_b64decode(document["aad"])), text=text)
+
+
+def decrypt(envelope: Envelope, private_key: jwk.JWK) -> str:
+    """The ServiceAccount token sealed in the envelope; InvalidToken if this key did not seal it."""
+    token = jwe.JWE(algs=[ALGORITHM, ENCRYPTION])
+    try:
+        token.deserialize(envelope.text, private_key)
+    except Exception:  # jwcrypto raises several types; to the client they are all one answer
+        raise InvalidToken() from None
+    auth_info = _strict_json(token.payload)
+    if not isinstance(auth_info, dict) or set(auth_info) != {"token"}:
+        raise InvalidToken()
+    service_account_token = auth_info["token"]
+    if not isinstance(service_account_token, str) or not _JWT.fullmatch(service_account_token):
+        raise InvalidToken()
+    return service_account_token
+
+
+def mint(service_account_token: str, claims: Claims, public_key: jwk.JWK, kid: str | None) -> str:
+    """Seal a ServiceAccount token into a session token the Dashboard v2 backend can also open."""
+    header = {"alg": ALGORITHM, "enc": ENCRYPTION}
+    if kid is not None:
+        header["kid"] = kid
+    token = jwe.JWE(
+        plaintext=json.dumps({"token": service_account_token}, separators=(",", ":")).encode(),
+        protected=json.dumps(header, separators=(",", ":")),
+        aad=_aad_from_claims(claims),
+    )
+    token.add_recipient(public_key)
+    return token.serialize()
+
+
+def jwt_expiry(service_account_token: str) -> datetime | None:
+    """The `exp` a JWT declares, read without verification.
+
+    Only ever called on a token the cluster has vouched for (or that we sealed ourselves),
+    and only to shorten a session, never to lengthen one.
+    """
+    try:
+        payload = json.loads(_b64decode(service_account_token.split(".")[1]))
+        exp = payload.get("exp") if isinstance(payload, dict) else None
+        if isinstance(exp, (int, float)) and not isinstance(exp, bool):
+            return datetime.fromtimestamp(exp, timezone.utc)
+    except (InvalidToken, ValueError, IndexError, OverflowError, OSError):
+        pass
+    return None
+
+
+def looks_like_jwt(text: object) -> bool:
+    return isinstance(text, str) and len(text) <= MAX_TOKEN_CHARS and bool(_JWT.fullmatch(text))
