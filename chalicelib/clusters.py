@@ -280,8 +280,13 @@ class Reviewer:
         configuration.retries = 1
         configuration.connection_pool_maxsize = 4
         reviewer_token = _ReviewerToken(self._token_source(cluster))
-        configuration.api_key_prefix["authorization"] = "Bearer"
-        configuration.refresh_api_key_hook = lambda conf: conf.api_key.__setitem__("authorization", reviewer_token.get())
+        configuration.api_key_prefix["BearerToken"] = "Bearer"
+        configuration.api_key["BearerToken"] = ""  # the hook fills it in before every request
+
+        def refresh_reviewer_token(conf) -> None:
+            conf.api_key["BearerToken"] = reviewer_token.get()
+
+        configuration.refresh_api_key_hook = refresh_reviewer_token
         return client.ApiClient(configuration)
 
     def _token_source(self, cluster: Cluster) -> Callable[[], str]:

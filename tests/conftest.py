@@ -1,0 +1,236 @@
+"""Shared fixtures: the real outside parts the service talks to, started for the test run.
+
+- Secrets Manager is a moto server in its own process, reached over HTTP through
+  AWS_ENDPOINT_URL_SECRETS_MANAGER, exactly the production code path.
+- Each Kubernetes cluster is a FakeKubeApiServer over TLS (tests/fakes), talked to by the real
+  `kubernetes` client with the service's own reviewer credentials.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+
+import pytest
+
+from tests.fakes.kube_apiserver import FakeKubeApiServer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+AWS_TEST_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SESSION_TOKEN": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_REGION": "us-east-1",
+}
+SERVICE_ENV = (
+    "TOKEN_TTL", "MAX_SESSION_TTL", "REVIEW_INTERVAL", "KEY_SECRET_ID", "KEY_FILE", "KEY_CACHE_TTL",
+    "CLUSTERS_FILE", "CORS_ALLOWED_ORIGINS", "CSRF_ENFORCE", "LOG_LEVEL", "CLUSTER_TIMEOUT", "KUBECONFIG",
+)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listened on port {port} within {timeout} s")
+
+
+class MotoServer:
+    """A moto server process; stop() and start() keep the port, as a Secrets Manager outage would."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for_port(self.port)
+
+    def stop(self) -> None:
+        if self._process is not None:
+            self._process.terminate()
+            self._process.wait(timeout=10)
+            self._process = None
+
+
+@pytest.fixture(scope="session")
+def moto_server():
+    server = MotoServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(autouse=True)
+def aws_environment(monkeypatch, request):
+    """No test ever reaches real AWS: fake credentials, a fixed region, and no service settings leaking in."""
+    for name, value in AWS_TEST_ENV.items():
+        monkeypatch.setenv(name, value)
+    for name in SERVICE_ENV + ("AWS_ENDPOINT_URL_SECRETS_MANAGER", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("KUBECONFIG", os.path.join(ROOT, "tests", "no-such-kubeconfig"))
+
+
+@pytest.fixture
+def secrets_client(moto_server, monkeypatch):
+    import boto3
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL_SECRETS_MANAGER", moto_server.url)
+    return boto3.client("secretsmanager", endpoint_url=moto_server.url, region_name="us-east-1")
+
+
+@pytest.fixture
+def secret_id() -> str:
+    """A secret name no other test uses, so tests share one moto server without seeing each other."""
+    return f"dashboard-auth/test/{uuid.uuid4().hex}"
+
+
+@dataclass
+class FakeCluster:
+    name: str
+    server: FakeKubeApiServer
+    reviewer_token: str
+    reviewer_file: str
+
+    def login_token(self, namespace: str = "kube-system", name: str = "admin-user", **kwargs) -> str:
+        if self.server.service_account_uid(namespace, name) is None:
+            self.server.create_service_account(namespace, name)
+        return self.server.issue_token(namespace, name, **kwargs)
+
+    def registry_entry(self, **extra) -> dict:
+        return {
+            "name": self.name,
+            "server": self.server.url,
+            "certificateAuthorityData": self.server.ca_data,
+            "reviewer": {"tokenFile": self.reviewer_file},
+            **extra,
+        }
+
+
+def _start_cluster(name: str, tmp_path_factory) -> FakeCluster:
+    server = FakeKubeApiServer(name=name).start()
+    reviewer = server.new_reviewer()
+    token_file = tmp_path_factory.mktemp(name) / "reviewer-token"
+    token_file.write_text(reviewer)
+    return FakeCluster(name=name, server=server, reviewer_token=reviewer, reviewer_file=str(token_file))
+
+
+@pytest.fixture(scope="session")
+def cluster_a(tmp_path_factory):
+    cluster = _start_cluster("prod-eu", tmp_path_factory)
+    yield cluster
+    cluster.server.stop()
+
+
+@pytest.fixture(scope="session")
+def cluster_b(tmp_path_factory):
+    cluster = _start_cluster("staging-us", tmp_path_factory)
+    yield cluster
+    cluster.server.stop()
+
+
+@pytest.fixture
+def healthy(cluster_a, cluster_b):
+    """Every test starts with both clusters up, unfaulted and with fresh counters."""
+    for cluster in (cluster_a, cluster_b):
+        if not cluster.server.running:
+            cluster.server.start()
+        cluster.server.set_fault(None)
+        cluster.server.reset_counters()
+    yield
+    for cluster in (cluster_a, cluster_b):
+        cluster.server.set_fault(None)
+        if not cluster.server.running:
+            cluster.server.start()
+
+
+def write_registry(path, clusters: list[dict], default: str | None = None) -> str:
+    document = {"clusters": clusters}
+    if default:
+        document["defaultCluster"] = default
+    path.write_text(json.dumps(document))
+    return str(path)
+
+
+@pytest.fixture
+def configure(monkeypatch):
+    """Configure the service through its environment, as Lambda would, and get a chalice test Client.
+
+    The service builds its settings, key cache and cluster clients once per container; clearing
+    those caches makes each call a fresh cold container.
+    """
+    from chalice.test import Client
+
+    import app as app_module
+    from chalicelib import service, settings
+
+    def reset() -> None:
+        settings.current.cache_clear()
+        app_module.auth.cache_clear()
+        service.secrets_manager.cache_clear()
+
+    def apply(**env) -> Client:
+        for name, value in env.items():
+            if value is None:
+                monkeypatch.delenv(name, raising=False)
+            else:
+                monkeypatch.setenv(name, str(value))
+        reset()
+        return Client(app_module.app)
+
+    yield apply
+    reset()
+
+
+class DashboardFrontend:
+    """Calls the service the way the Dashboard v2 frontend does: csrftoken first, then the POST."""
+
+    def __init__(self, client, prefix: str = ""):
+        self.client = client
+        self.prefix = prefix
+
+    def get(self, path: str, headers: dict | None = None):
+        return self.client.http.get(self.prefix + path, headers=headers or {})
+
+    def post(self, path: str, body, csrf_action: str | None, headers: dict | None = None):
+        sent = {"Content-Type": "application/json", **(headers or {})}
+        if csrf_action:
+            sent["X-CSRF-TOKEN"] = self.csrf(csrf_action)
+        raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+        return self.client.http.post(self.prefix + path, body=raw, headers=sent)
+
+    def csrf(self, action: str) -> str:
+        response = self.get(f"/api/v1/csrftoken/{action}")
+        assert response.status_code == 200, response.body
+        return json.loads(response.body)["token"]
+
+    def login(self, token: str):
+        return self.post("/api/v1/login", {"token": token}, "login")
+
+    def refresh(self, jwe_token: str):
+        return self.post("/api/v1/token/refresh", {"jweToken": jwe_token}, "token")
+
+
+def body_json(response) -> dict:
+    return json.loads(response.body)
