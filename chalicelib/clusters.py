@@ -268,7 +268,8 @@ class Reviewer:
 
         if "kubeconfig" in cluster.reviewer:
             try:
-                api_client = config.new_client_from_config()
+                # The kubernetes package reads KUBECONFIG once, at import; read it now instead.
+                api_client = config.new_client_from_config(config_file=os.environ.get("KUBECONFIG") or None)
             except (config.ConfigException, OSError) as error:
                 raise ClusterConfigError(
                     "no cluster is configured: set CLUSTERS_FILE to a cluster registry, or point KUBECONFIG at a "

@@ -197,7 +197,7 @@ def configure(monkeypatch):
             else:
                 monkeypatch.setenv(name, str(value))
         reset()
-        return Client(app_module.app)
+        return Client(app_module.app, stage_name="integration-test")  # no such stage: the env above is all it gets
 
     yield apply
     reset()
