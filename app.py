@@ -58,17 +58,17 @@ def csrf_token(action, cluster=None):
 
 @route("/api/v1/login/modes", ["GET"])
 def login_modes(cluster=None):
-    return dashboard.answer(lambda: auth().cluster(cluster) and {"modes": ["token"]})
+    return dashboard.answer(lambda: auth().login_modes(cluster))
 
 
 @route("/api/v1/login/skippable", ["GET"])
 def login_skippable(cluster=None):
-    return dashboard.answer(lambda: auth().cluster(cluster) and {"skippable": False})
+    return dashboard.answer(lambda: auth().login_skippable(cluster))
 
 
 @route("/api/v1/login/status", ["GET"])
 def login_status(cluster=None):
-    return dashboard.answer(lambda: auth().cluster(cluster) and dashboard.login_status(app.current_request.headers))
+    return dashboard.answer(lambda: auth().login_status(cluster, app.current_request.headers))
 
 
 @route("/api/v1/clusters", ["GET"])

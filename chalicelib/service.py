@@ -98,6 +98,18 @@ class Service:
         self.cluster(cluster_name)
         return dashboard.csrf_token(self._keys.keys().current.csrf_secret, dashboard.csrf_action(action))
 
+    def login_modes(self, cluster_name: str | None) -> dict:
+        self.cluster(cluster_name)
+        return {"modes": ["token"]}
+
+    def login_skippable(self, cluster_name: str | None) -> dict:
+        self.cluster(cluster_name)
+        return {"skippable": False}
+
+    def login_status(self, cluster_name: str | None, headers) -> dict:
+        self.cluster(cluster_name)
+        return dashboard.login_status(headers)
+
     def cluster(self, cluster_name: str | None) -> Cluster:
         return self._registry().get(cluster_name)
 
