@@ -255,3 +255,8 @@ def test_cors_allows_only_the_configured_origins(configure, secrets_client, secr
     assert "X-CSRF-TOKEN" in preflight.headers["Access-Control-Allow-Headers"]
     assert "jweToken" in preflight.headers["Access-Control-Allow-Headers"]
     assert "POST" in preflight.headers["Access-Control-Allow-Methods"]
+
+
+def test_a_post_that_is_not_json_is_415(frontend):
+    response = frontend.post("/api/v1/login", b"token=abc", "login", headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert response.status_code == 415
