@@ -31,6 +31,7 @@ CSRF_FAILED = "CSRF validation failed"
 CSRF_HEADER = "X-CSRF-TOKEN"
 CSRF_TIMEOUT_MS = 24 * 60 * 60 * 1000
 _CSRF_ACTION = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_CSRF_MILLIS = re.compile(r"[0-9]{1,16}")
 _LOGIN_FIELDS = {"username", "password", "token", "kubeconfig"}
 
 
@@ -72,13 +73,14 @@ def _token_from_kubeconfig(text: str) -> str:
 
     try:
         config = yaml.safe_load(text)
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError):
         raise BadRequest("kubeconfig is not valid YAML.") from None
     if not isinstance(config, dict):
         raise BadRequest("kubeconfig must be a YAML mapping.")
 
     def named(section: str, name: object) -> dict:
-        for entry in config.get(section) or []:
+        entries = config.get(section)
+        for entry in entries if isinstance(entries, list) else []:
             if isinstance(entry, dict) and entry.get("name") == name:
                 return entry
         return {}
@@ -108,6 +110,8 @@ def parse_login(raw_body: bytes | None) -> LoginSpec:
 
 def parse_refresh(raw_body: bytes | None) -> str:
     body = _json_object(raw_body)
+    if set(body) - {"jweToken"}:
+        raise BadRequest('The refresh body takes only "jweToken", a string.')
     token = body.get("jweToken")
     if not isinstance(token, str) or not token:
         raise BadRequest('The request body must carry "jweToken", a string.')
@@ -138,7 +142,7 @@ def csrf_valid(token: str | None, keys: list[str], action: str, now_ms: int | No
     if not token or len(token) > 128:
         return False
     _, sep, millis_text = token.rpartition(":")
-    if not sep or not millis_text.isdigit():
+    if not sep or not _CSRF_MILLIS.fullmatch(millis_text):
         return False
     millis = int(millis_text)
     now = int(time.time() * 1000) if now_ms is None else now_ms
@@ -221,6 +225,9 @@ def answer(operation: Callable[[], object]) -> Response:
     except KeyStoreUnavailable as error:
         logger.error("key store unavailable: %s", error)
         return text_error(503, "The session key is unavailable right now; try again shortly.", RETRY_AFTER_SECONDS)
+    except Exception:  # a bug of ours: the client learns nothing, the log gets the (scrubbed) trace
+        logger.exception("unexpected error")
+        return text_error(500, "Internal error; the service log has the details.")
     if isinstance(result, AuthResponse):
         result = result.body()
     return result if isinstance(result, Response) else json_response(result)

@@ -82,8 +82,10 @@ def _reject_duplicates(pairs: list[tuple[str, object]]) -> dict:
 
 def _strict_json(text: str | bytes) -> object:
     try:
-        return json.loads(text, object_pairs_hook=_reject_duplicates)
-    except (ValueError, RecursionError, UnicodeDecodeError):
+        # bytes must be plain UTF-8: json.loads would also take UTF-16/32 and skip a BOM
+        document = text.decode("utf-8") if isinstance(text, bytes) else text
+        return json.loads(document, object_pairs_hook=_reject_duplicates)
+    except (ValueError, RecursionError):
         raise InvalidToken() from None
 
 
@@ -91,9 +93,12 @@ def _b64decode(text: object) -> bytes:
     if not isinstance(text, str) or not _B64URL.fullmatch(text) or len(text) % 4 == 1:
         raise InvalidToken()
     try:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
     except (binascii.Error, ValueError):
         raise InvalidToken() from None
+    if _b64encode(data) != text:
+        raise InvalidToken()  # non-zero spare bits: one token, one spelling
+    return data
 
 
 def _b64encode(data: bytes) -> str:
@@ -153,7 +158,7 @@ def parse(text: object) -> Envelope:
     ):
         raise InvalidToken()
     kid = header.get("kid")
-    if kid is not None and (not isinstance(kid, str) or not 0 < len(kid) <= _MAX_KID_CHARS):
+    if "kid" in header and (not isinstance(kid, str) or not 0 < len(kid) <= _MAX_KID_CHARS):
         raise InvalidToken()
     if len(_b64decode(document["iv"])) != 12 or len(_b64decode(document["tag"])) != 16:
         raise InvalidToken()
@@ -204,7 +209,7 @@ def jwt_expiry(service_account_token: str) -> datetime | None:
         exp = payload.get("exp") if isinstance(payload, dict) else None
         if isinstance(exp, (int, float)) and not isinstance(exp, bool):
             return datetime.fromtimestamp(exp, timezone.utc)
-    except (InvalidToken, ValueError, IndexError, OverflowError, OSError):
+    except (InvalidToken, ValueError, IndexError, OverflowError, OSError, RecursionError):
         pass
     return None
 

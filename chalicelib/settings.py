@@ -87,7 +87,7 @@ def _optional(env: Mapping[str, str], name: str) -> str | None:
 def load(env: Mapping[str, str], app_dir: str) -> Settings:
     log_level = env.get("LOG_LEVEL", "INFO").strip().upper() or "INFO"
     if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
-        raise SettingsError(f"LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, got {log_level!r}")
+        raise SettingsError(f"LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL, got {log_level!r}")
     return Settings(
         token_ttl=_seconds(env, "TOKEN_TTL", 900),
         max_session_ttl=_seconds(env, "MAX_SESSION_TTL", 43200),

@@ -3,6 +3,7 @@ with Secrets Manager on a moto server and a cluster behind TLS."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 
@@ -32,16 +33,17 @@ def service_url(moto_server, cluster_a, cluster_b, tmp_path_factory):
     }
     chalice = os.path.join(os.path.dirname(sys.executable), "chalice")
     process = subprocess.Popen(
-        [chalice, "--project-dir", ROOT, "local", "--stage", "local", "--host", "127.0.0.1", "--port", str(port)],
+        [chalice, "--project-dir", ROOT, "local", "--no-autoreload", "--stage", "local", "--host", "127.0.0.1", "--port", str(port)],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
+        start_new_session=True,  # its own process group, so nothing it starts outlives the test
     )
     try:
         wait_for_port(port, timeout=60)
         yield f"http://127.0.0.1:{port}"
     finally:
-        process.terminate()
+        os.killpg(process.pid, signal.SIGTERM)
         _, errors = process.communicate(timeout=20)
         for token_marker in (b"eyJ", b"BEGIN RSA"):
             assert token_marker not in errors, "a token or key reached the service's log"

@@ -1,0 +1,433 @@
+"""Keys (chalicelib.keys): the secret format, the local key file, and the key cache's policy.
+
+SecretsManagerKeyStore is tested elsewhere against a real moto server.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import stat
+import textwrap
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from chalicelib import keys, sessions
+from chalicelib.keys import FileKeyStore, KeyCache, KeySet, KeyStoreUnavailable, UnusableKey
+
+NOW = datetime(2024, 5, 1, 12, 0, 0, tzinfo=timezone.utc)
+
+
+# ------------------------------------------------------------------ helpers
+
+def pem_blocks(text: str) -> tuple[str, str, bytes]:
+    lines = text.strip().splitlines()
+    begin, end, body = lines[0], lines[-1], lines[1:-1]
+    return begin, end, base64.b64decode("".join(body), validate=True)
+
+
+def go_pem(label: str, der: bytes) -> str:
+    """Go's pem.EncodeToMemory: 64-character lines."""
+    body = "\n".join(textwrap.wrap(base64.b64encode(der).decode(), 64))
+    return f"-----BEGIN {label}-----\n{body}\n-----END {label}-----\n"
+
+
+def dashboard_value(private_key: rsa.RSAPrivateKey) -> str:
+    """What the Dashboard's ExportRSAKeyOrDie writes into kubernetes-dashboard-key-holder: no csrf."""
+    priv = go_pem(
+        "RSA PRIVATE KEY",
+        private_key.private_bytes(
+            serialization.Encoding.DER, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
+        ),
+    )
+    pub = go_pem(
+        "RSA PUBLIC KEY",
+        private_key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo),
+    )
+    return json.dumps({"priv": priv, "pub": pub})
+
+
+def sa_jwt() -> str:
+    return "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6ZGVmYXVsdDphIn0.c2ln"
+
+
+def seals_and_opens(key: keys.SessionKey) -> bool:
+    claims = sessions.Claims(NOW, NOW + timedelta(minutes=15), "c", NOW, NOW)
+    text = sessions.mint(sa_jwt(), claims, key.public, key.kid)
+    envelope = sessions.parse(text)
+    return envelope.kid == key.kid and sessions.decrypt(envelope, key.private) == sa_jwt()
+
+
+def private_of(value: str) -> rsa.RSAPrivateKey:
+    return serialization.load_pem_private_key(json.loads(value)["priv"].encode(), password=None)
+
+
+@pytest.fixture(scope="module")
+def value() -> str:
+    return keys.new_secret_value()
+
+
+@pytest.fixture(scope="module")
+def other_value() -> str:
+    return keys.new_secret_value()
+
+
+@pytest.fixture(scope="module")
+def key_a(value) -> keys.SessionKey:
+    return keys.parse_secret_value("v1", value)
+
+
+@pytest.fixture(scope="module")
+def key_b(other_value) -> keys.SessionKey:
+    return keys.parse_secret_value("v2", other_value)
+
+
+# ------------------------------------------------------------------ new_secret_value: the format of DESIGN.md
+
+def test_secret_value_has_priv_pub_and_csrf(value):
+    fields = json.loads(value)
+    assert set(fields) == {"priv", "pub", "csrf"}
+    assert all(isinstance(v, str) for v in fields.values())
+
+
+def test_priv_is_a_pkcs1_pem_2048_bit_rsa_key(value):
+    priv = json.loads(value)["priv"]
+    begin, end, _ = pem_blocks(priv)
+    assert begin == "-----BEGIN RSA PRIVATE KEY-----"
+    assert end == "-----END RSA PRIVATE KEY-----"
+    key = serialization.load_pem_private_key(priv.encode(), password=None)
+    assert isinstance(key, rsa.RSAPrivateKey)
+    assert key.key_size == 2048
+
+
+def test_pub_is_spki_der_labelled_rsa_public_key_matching_priv(value):
+    fields = json.loads(value)
+    begin, end, der = pem_blocks(fields["pub"])
+    assert begin == "-----BEGIN RSA PUBLIC KEY-----"
+    assert end == "-----END RSA PUBLIC KEY-----"
+    public = serialization.load_der_public_key(der)
+    assert isinstance(public, rsa.RSAPublicKey)
+    expected = private_of(value).public_key()
+    assert public.public_numbers() == expected.public_numbers()
+    # Exactly the SubjectPublicKeyInfo encoding (Go's x509.MarshalPKIXPublicKey), not PKCS#1.
+    assert der == expected.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    assert all(len(line) <= 76 for line in fields["pub"].splitlines())
+
+
+def test_csrf_is_base64_of_256_random_bytes(value, other_value):
+    csrf = json.loads(value)["csrf"]
+    assert len(base64.b64decode(csrf, validate=True)) == 256
+    assert csrf != json.loads(other_value)["csrf"]
+
+
+def test_each_new_value_is_a_different_key(value, other_value):
+    assert private_of(value).private_numbers() != private_of(other_value).private_numbers()
+
+
+# ------------------------------------------------------------------ parse_secret_value
+
+def test_parse_round_trips_to_a_working_key(value, key_a):
+    assert key_a.kid == "v1"
+    assert key_a.csrf_secret == json.loads(value)["csrf"]
+    assert seals_and_opens(key_a)
+
+
+def test_parsed_private_and_public_belong_to_the_stored_key(value, key_a):
+    stored = private_of(value)
+    assert key_a.public.get_op_key("encrypt").public_numbers() == stored.public_key().public_numbers()
+
+
+def test_a_dashboard_written_value_without_csrf_parses(value):
+    written = dashboard_value(private_of(value))
+    key = keys.parse_secret_value("dash", written)
+    assert seals_and_opens(key)
+    # The derived csrf secret is stable (every container agrees), long, and not a constant.
+    again = keys.parse_secret_value("other-kid", written)
+    assert key.csrf_secret == again.csrf_secret
+    assert len(key.csrf_secret) >= 32
+    from chalicelib import dashboard
+
+    token = dashboard.csrf_token(key.csrf_secret, "login")
+    assert dashboard.csrf_valid(token, [again.csrf_secret], "login")
+
+
+def test_derived_csrf_secrets_differ_between_keys(value, other_value):
+    one = keys.parse_secret_value("a", dashboard_value(private_of(value))).csrf_secret
+    two = keys.parse_secret_value("a", dashboard_value(private_of(other_value))).csrf_secret
+    assert one != two
+
+
+def test_a_short_csrf_is_not_trusted_as_a_secret(value):
+    fields = json.loads(dashboard_value(private_of(value)))
+    fields["csrf"] = "x"
+    key = keys.parse_secret_value("v", json.dumps(fields))
+    assert key.csrf_secret != "x"
+    assert len(key.csrf_secret) >= 32
+
+
+@pytest.fixture(scope="module")
+def small_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=1024)
+
+
+@pytest.fixture(scope="module")
+def unusable_values(value: str, other_value: str, small_key) -> dict[str, str | None]:
+    fields, other = json.loads(value), json.loads(other_value)
+    ec_key = ec.generate_private_key(ec.SECP256R1())
+    ec_value = json.dumps(
+        {
+            "priv": ec_key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            ).decode(),
+            "pub": ec_key.public_key()
+            .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+            .decode(),
+        }
+    )
+    encrypted = private_of(value).private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.BestAvailableEncryption(b"pw"),
+    ).decode()
+    return {
+        "none": None,
+        "empty": "",
+        "not json": "priv=abc",
+        "json list": json.dumps([fields["priv"], fields["pub"]]),
+        "json string": json.dumps(value),
+        "missing priv": json.dumps({"pub": fields["pub"], "csrf": fields["csrf"]}),
+        "missing pub": json.dumps({"priv": fields["priv"], "csrf": fields["csrf"]}),
+        "non-string priv": json.dumps({"priv": 1, "pub": fields["pub"]}),
+        "garbage priv": json.dumps({"priv": "-----BEGIN RSA PRIVATE KEY-----\nAAAA\n-----END RSA PRIVATE KEY-----\n", "pub": fields["pub"]}),
+        "garbage pub": json.dumps({"priv": fields["priv"], "pub": "-----BEGIN RSA PUBLIC KEY-----\n!!!!\n-----END RSA PUBLIC KEY-----\n"}),
+        "pub not pem": json.dumps({"priv": fields["priv"], "pub": "ssh-rsa AAAA"}),
+        "mismatched pair": json.dumps({"priv": fields["priv"], "pub": other["pub"], "csrf": fields["csrf"]}),
+        "1024-bit key": dashboard_value(small_key),
+        "ec key": ec_value,
+        "encrypted priv": json.dumps({"priv": encrypted, "pub": fields["pub"]}),
+    }
+
+
+CASES = [
+    "none", "empty", "not json", "json list", "json string", "missing priv", "missing pub", "non-string priv",
+    "garbage priv", "garbage pub", "pub not pem", "mismatched pair", "1024-bit key", "ec key", "encrypted priv",
+]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_unusable_values_are_refused_without_quoting_them(value, unusable_values, case):
+    text = unusable_values[case]
+    with pytest.raises(UnusableKey) as caught:
+        keys.parse_secret_value("v1", text)
+    message = str(caught.value)
+    assert message
+    for secret in json.loads(value).values():
+        assert secret[40:80] not in message  # no key material in what ends up in logs
+
+
+# ------------------------------------------------------------------ KeySet
+
+def test_key_set_all_and_by_kid(key_a, key_b):
+    both = KeySet(current=key_b, previous=key_a)
+    assert both.all() == [key_b, key_a]
+    assert both.by_kid("v1") is key_a
+    assert both.by_kid("v2") is key_b
+    assert both.by_kid("v3") is None
+    alone = KeySet(current=key_a)
+    assert alone.all() == [key_a]
+    assert alone.by_kid("v2") is None
+
+
+# ------------------------------------------------------------------ FileKeyStore
+
+def test_file_store_creates_a_private_key_file_once(tmp_path):
+    path = tmp_path / "nested" / "dir" / "key.json"
+    first = FileKeyStore(str(path)).fetch()
+    assert path.exists()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    content = path.read_bytes()
+    keys.parse_secret_value("x", content.decode())  # the file holds the DESIGN.md format
+    assert seals_and_opens(first.current)
+    assert first.previous is None
+
+    second = FileKeyStore(str(path)).fetch()  # a new process, same file
+    assert path.read_bytes() == content
+    assert second.current.kid == first.current.kid
+    assert second.current.public.thumbprint() == first.current.public.thumbprint()
+    assert second.current.csrf_secret == first.current.csrf_secret
+    # A token sealed by the first instance opens with the second's key.
+    claims = sessions.Claims(NOW, None, None, NOW, None)
+    text = sessions.mint(sa_jwt(), claims, first.current.public, first.current.kid)
+    assert sessions.decrypt(sessions.parse(text), second.current.private) == sa_jwt()
+
+
+def test_file_stores_on_different_files_have_different_keys_and_kids(tmp_path):
+    a = FileKeyStore(str(tmp_path / "a.json")).fetch().current
+    b = FileKeyStore(str(tmp_path / "b.json")).fetch().current
+    assert a.kid != b.kid
+    assert a.public.thumbprint() != b.public.thumbprint()
+
+
+def test_file_store_uses_an_existing_dashboard_key(tmp_path, value):
+    path = tmp_path / "key.json"
+    written = dashboard_value(private_of(value))
+    path.write_text(written)
+    key = FileKeyStore(str(path)).fetch().current
+    assert key.public.get_op_key("encrypt").public_numbers() == private_of(value).public_key().public_numbers()
+    assert path.read_text() == written
+
+
+@pytest.mark.parametrize("content", ["", "not a key", '{"priv": "x", "pub": "y"}'])
+def test_an_unusable_key_file_is_unavailable_and_left_alone(tmp_path, content):
+    path = tmp_path / "key.json"
+    path.write_text(content)
+    with pytest.raises(KeyStoreUnavailable) as caught:
+        FileKeyStore(str(path)).fetch()
+    assert str(path) in str(caught.value)
+    assert path.read_text() == content
+
+
+def test_a_mismatched_key_file_is_unavailable_without_quoting_the_key(tmp_path, value, other_value):
+    fields = json.loads(value)
+    fields["pub"] = json.loads(other_value)["pub"]
+    content = json.dumps(fields)
+    path = tmp_path / "key.json"
+    path.write_text(content)
+    with pytest.raises(KeyStoreUnavailable) as caught:
+        FileKeyStore(str(path)).fetch()
+    assert fields["priv"][40:80] not in str(caught.value)
+    assert path.read_text() == content
+
+
+def test_a_key_path_that_is_a_directory_is_unavailable(tmp_path):
+    with pytest.raises(KeyStoreUnavailable):
+        FileKeyStore(str(tmp_path)).fetch()
+
+
+# ------------------------------------------------------------------ KeyCache: the policy, with a counting fake store
+
+class Clock:
+    def __init__(self, now: float = 10_000.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class CountingStore:
+    """Stands in for Secrets Manager; `keys` is what it would return now."""
+
+    def __init__(self, key_set: KeySet):
+        self.keys = key_set
+        self.fetches = 0
+
+    def fetch(self) -> KeySet:
+        self.fetches += 1
+        return self.keys
+
+
+def test_cache_fetches_once_within_ttl(key_a):
+    store, clock = CountingStore(KeySet(key_a)), Clock()
+    cache = KeyCache(store, ttl=300, clock=clock)
+    assert store.fetches == 0  # nothing before the first use
+    for _ in range(5):
+        assert cache.keys().current is key_a
+    clock.now += 299.9
+    cache.keys()
+    assert store.fetches == 1
+
+
+def test_cache_fetches_again_after_ttl_and_sees_a_rotation(key_a, key_b):
+    store, clock = CountingStore(KeySet(key_a)), Clock()
+    cache = KeyCache(store, ttl=300, clock=clock)
+    cache.keys()
+    store.keys = KeySet(current=key_b, previous=key_a)
+    clock.now += 300
+    assert cache.keys().current is key_b
+    assert store.fetches == 2
+    cache.keys()
+    assert store.fetches == 2
+
+
+def test_zero_ttl_fetches_every_time(key_a):
+    store = CountingStore(KeySet(key_a))
+    cache = KeyCache(store, ttl=0, clock=Clock())
+    for _ in range(3):
+        cache.keys()
+    assert store.fetches == 3
+
+
+def test_candidates_without_kid_are_all_keys(key_a, key_b):
+    cache = KeyCache(CountingStore(KeySet(current=key_b, previous=key_a)), ttl=300, clock=Clock())
+    assert cache.candidates(None) == [key_b, key_a]
+
+
+def test_candidates_for_a_known_kid_is_that_key_only(key_a, key_b):
+    store = CountingStore(KeySet(current=key_b, previous=key_a))
+    clock = Clock()
+    cache = KeyCache(store, ttl=300, clock=clock)
+    assert cache.candidates("v1") == [key_a]
+    clock.now += keys.UNKNOWN_KID_REFETCH_INTERVAL * 10
+    assert cache.candidates("v2") == [key_b]
+    assert store.fetches == 1
+
+
+def test_unknown_kids_refetch_at_most_once_per_interval(key_a):
+    store, clock = CountingStore(KeySet(key_a)), Clock()
+    interval = keys.UNKNOWN_KID_REFETCH_INTERVAL
+    cache = KeyCache(store, ttl=3600, clock=clock)
+    cache.keys()
+    assert store.fetches == 1
+
+    clock.now += interval
+    for i in range(200):  # an attacker's stream of made-up kids
+        assert cache.candidates(f"made-up-{i}") == []
+        clock.now += interval / 400  # all within one interval of the refetch
+    assert store.fetches == 2
+
+    clock.now += interval
+    for i in range(50):
+        assert cache.candidates(f"more-{i}") == []
+    assert store.fetches == 3
+
+
+def test_unknown_kid_right_after_a_fetch_does_not_refetch(key_a):
+    store, clock = CountingStore(KeySet(key_a)), Clock()
+    cache = KeyCache(store, ttl=3600, clock=clock)
+    for i in range(20):
+        assert cache.candidates(f"x{i}") == []
+    assert store.fetches == 1
+
+
+def test_a_kid_that_appears_after_a_refetch_is_found(key_a, key_b):
+    store, clock = CountingStore(KeySet(key_a)), Clock()
+    cache = KeyCache(store, ttl=3600, clock=clock)
+    cache.keys()
+    store.keys = KeySet(current=key_b, previous=key_a)  # rotated elsewhere; our ttl has not run out
+    clock.now += keys.UNKNOWN_KID_REFETCH_INTERVAL
+    assert cache.candidates("v2") == [key_b]
+    assert store.fetches == 2
+    assert cache.keys().current is key_b  # and the cache now mints with the new key
+    assert store.fetches == 2
+
+
+def test_a_kid_that_appears_is_found_once_the_interval_passes(key_a, key_b):
+    store, clock = CountingStore(KeySet(key_a)), Clock()
+    cache = KeyCache(store, ttl=3600, clock=clock)
+    cache.keys()
+    store.keys = KeySet(current=key_b, previous=key_a)
+    clock.now += keys.UNKNOWN_KID_REFETCH_INTERVAL / 2
+    assert cache.candidates("v2") == []  # rate limited
+    clock.now += keys.UNKNOWN_KID_REFETCH_INTERVAL / 2
+    assert cache.candidates("v2") == [key_b]
+
+
+def test_a_failing_store_surfaces_as_unavailable(key_a):
+    class Failing:
+        def fetch(self):
+            raise KeyStoreUnavailable("Secrets Manager unreachable: EndpointConnectionError")
+
+    with pytest.raises(KeyStoreUnavailable):
+        KeyCache(Failing(), ttl=300, clock=Clock()).keys()
