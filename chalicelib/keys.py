@@ -193,8 +193,10 @@ class SecretsManagerKeyStore:
             )
             logger.info("created the key secret %s", self._secret_id)
         except client.exceptions.ResourceExistsException:
-            # Another container created it first, or it exists without a current value.
-            self._write_key(replacing="no-current-version")
+            # Another container created it first (then we read its key next), or the secret
+            # exists with no current value at all, which every container fills the same way.
+            if self._read("AWSCURRENT")[0] is None:
+                self._write_key(replacing="no-current-version")
 
     def _write_key(self, replacing: str) -> None:
         client = self._client_factory()
