@@ -165,7 +165,8 @@ def secrets_manager():
     import boto3
     from botocore.config import Config
 
-    config = Config(retries={"mode": "standard", "max_attempts": 3}, connect_timeout=2, read_timeout=5)
+    # Worst case 3 x (2 + 3) s: an outage answers 503 well inside API Gateway's 29 s.
+    config = Config(retries={"mode": "standard", "max_attempts": 3}, connect_timeout=2, read_timeout=3)
     return boto3.client("secretsmanager", config=config)
 
 

@@ -1,0 +1,69 @@
+# Build, test and package the dashboard-auth Chalice app.  GNU make.
+#
+#   make install    create $(VENV) if missing and install requirements-dev.txt (only when they changed)
+#   make test       run the whole test suite (unit, integration, e2e, slow) with pytest
+#   make run        serve the API locally on http://127.0.0.1:$(PORT) (chalice local --stage local)
+#   make package    chalice package --stage $(STAGE) into build/$(STAGE) (SAM template + deployment.zip)
+#   make lint-cfn   cfn-lint the packaged template
+#   make bench      run the benchmarks in bench/, if there are any
+#   make clean      remove build output (not the venv, not the local key in .local/)
+#
+# No AWS credentials are needed for any of these. chalice wants a region even to package,
+# so AWS_DEFAULT_REGION defaults to us-east-1 when it is not set.
+
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := test
+
+PYTHON3 ?= python3
+VENV    ?= .venv
+PYTHON  := $(VENV)/bin/python
+CHALICE := $(VENV)/bin/chalice
+PORT    ?= 8000
+STAGE   ?= prod
+BUILD   := build/$(STAGE)
+PYTEST_ARGS ?=
+
+export AWS_DEFAULT_REGION ?= us-east-1
+# Keep pip from asking anything in CI and from nagging about its own version.
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+STAMP := $(VENV)/.installed
+
+.PHONY: install test run package lint-cfn bench clean
+
+install: $(STAMP)
+
+# Re-installs only when a requirements file is newer than the last install.
+$(STAMP): requirements.txt requirements-dev.txt
+	@test -x $(PYTHON) || $(PYTHON3) -m venv $(VENV)
+	$(PYTHON) -m pip install --quiet --requirement requirements-dev.txt
+	@touch $@
+
+test: install
+	$(PYTHON) -m pytest $(PYTEST_ARGS)
+
+# Runs from this directory whatever the caller's cwd (make -C works too). Without CLUSTERS_FILE
+# the local stage uses the current kubeconfig context; without one, the server still starts and
+# logins answer 503 explaining what to configure. The key is created in .local/key.json.
+run: install
+	cd $(CURDIR) && $(CHALICE) local --stage local --port $(PORT)
+
+# Only app.py and chalicelib/ are deployed: the deployed stages read chalicelib/clusters.json.
+package: install
+	@test -f chalicelib/clusters.json || echo "warning: chalicelib/clusters.json is missing;" \
+	  "the packaged function will refuse logins until it exists (see clusters.example.json)" >&2
+	@# chalice zips chalicelib/ as it is: drop bytecode caches so the package is the same every time
+	find chalicelib -name __pycache__ -type d -prune -exec rm -rf {} +
+	rm -rf $(BUILD)
+	$(CHALICE) package --stage $(STAGE) $(BUILD)
+	@ls -l $(BUILD)
+
+lint-cfn: package
+	$(VENV)/bin/cfn-lint $(BUILD)/sam.json
+
+bench: install
+	@if [ -d bench ]; then $(PYTHON) -m bench; else echo "no bench/ directory yet: nothing to run"; fi
+
+clean:
+	rm -rf build
