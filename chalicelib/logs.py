@@ -10,12 +10,13 @@ import logging
 import re
 
 REDACTED = "[redacted]"
+_SECRET_MEMBERS = "encrypted_key|ciphertext|token|jweToken|priv|pub|csrf|SecretString|SecretBinary"
 _SECRETS = re.compile(
     r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*"  # JWT (compact JOSE)
     r"|-----BEGIN [A-Z ]+-----.*?-----END [A-Z ]+-----"  # PEM blocks
     r"|(?i:bearer)\s+[^\s'\",]+"  # Authorization header values
-    r"|\"(?:encrypted_key|ciphertext|token|priv|pub|csrf)\"\s*:\s*\"[^\"]*\""  # JSON members
-    r"|'(?:encrypted_key|ciphertext|token|priv|pub|csrf)'\s*:\s*'[^']*'",  # their Python reprs
+    rf"|\\*\"(?:{_SECRET_MEMBERS})\\*\"\s*:\s*\"(?:[^\"\\]|\\.)*\""  # JSON members, JSON nested in JSON
+    rf"|'(?:{_SECRET_MEMBERS})'\s*:\s*'(?:[^'\\]|\\.)*'",  # their Python reprs
     re.DOTALL,
 )
 
@@ -24,8 +25,15 @@ def redact(text: str) -> str:
     return _SECRETS.sub(REDACTED, text)
 
 
+# Loggers that dump whole request/response bodies at DEBUG (Secrets Manager values, TokenReviews).
+# Their bodies nest JSON in JSON in Python reprs, beyond what a pattern can scrub reliably.
+BODY_LOGGERS = ("botocore.endpoint", "botocore.parsers", "kubernetes.client.rest")
+
+
 class RedactingFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith(BODY_LOGGERS) and record.levelno <= logging.DEBUG:
+            record.msg, record.args = "message withheld: it may carry credentials", None
         message = record.getMessage()
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
