@@ -9,7 +9,7 @@ import functools
 
 from chalice import Chalice
 
-from chalicelib import cors, dashboard, logs, service, settings
+from chalicelib import cors, dashboard, logs, rotation, service, settings
 
 app = Chalice(app_name="dashboard-auth", configure_logs=False)
 logs.configure(settings.current().log_level)
@@ -74,3 +74,9 @@ def login_status(cluster=None):
 @route("/api/v1/clusters", ["GET"])
 def clusters(cluster=None):
     return dashboard.answer(lambda: auth().cluster_names(cluster))
+
+
+@app.lambda_function(name="rotate_key")
+def rotate_key(event, context):
+    """Secrets Manager's rotation function for the key secret (see chalicelib/rotation.py)."""
+    rotation.handle(event, service.secrets_manager())

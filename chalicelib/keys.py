@@ -35,6 +35,7 @@ KEY_BITS = 2048  # the Dashboard's size; tokens stay small enough for a header
 _PUBLIC_LABEL = "RSA PUBLIC KEY"  # the Dashboard's label for a PKIX key; kept for compatibility
 _BOOTSTRAP_NAMESPACE = uuid.UUID("6f1d8a52-3c0e-4b5e-9a51-4d1f3e0b7c21")
 UNKNOWN_KID_REFETCH_INTERVAL = 5.0
+RETRY_AFTER_FAILURE = 10.0
 
 
 class UnusableKey(ValueError):
@@ -43,6 +44,10 @@ class UnusableKey(ValueError):
 
 class KeyStoreUnavailable(RuntimeError):
     """The key cannot be read or created right now; the message is for the log, not the client."""
+
+
+class KeyRefetchDeferred(KeyStoreUnavailable):
+    """An unknown kid arrived while the container may not ask the store again yet."""
 
 
 class KeyNotConfigured(KeyStoreUnavailable):
@@ -61,6 +66,7 @@ class SessionKey:
 class KeySet:
     current: SessionKey
     previous: SessionKey | None = None
+    retired: frozenset[str] = frozenset()  # kids that were ours once: their tokens expired, not forged
 
     def all(self) -> list[SessionKey]:
         return [self.current] + ([self.previous] if self.previous else [])
@@ -158,8 +164,23 @@ class SecretsManagerKeyStore:
                 logger.warning("key secret version %s is unusable (%s); replacing it", version_id, why)
                 self._write_key(replacing=version_id)
                 continue
-            return KeySet(current=current, previous=self._read_previous())
+            previous = self._read_previous()
+            return KeySet(current=current, previous=previous, retired=self._retired_versions(current, previous))
         raise KeyStoreUnavailable("no usable key settled in the secret after several attempts")
+
+    def _retired_versions(self, current: SessionKey, previous: SessionKey | None) -> frozenset[str]:
+        client = self._client_factory()
+        in_use = {current.kid} | ({previous.kid} if previous else set())
+        retired: set[str] = set()
+        request = {"SecretId": self._secret_id, "IncludeDeprecated": True, "MaxResults": 100}
+        while True:
+            page = client.list_secret_version_ids(**request)
+            for version in page["Versions"]:
+                if "AWSPENDING" not in version.get("VersionStages", []):
+                    retired.add(version["VersionId"])
+            if not page.get("NextToken"):
+                return frozenset(retired - in_use)
+            request["NextToken"] = page["NextToken"]
 
     def _read(self, stage: str) -> tuple[str | None, str | None]:
         client = self._client_factory()
@@ -249,22 +270,44 @@ class FileKeyStore:
 class KeyCache:
     """How long a container trusts the key set it fetched; kept apart from the store that fetches.
 
-    A kid we do not know may be a rotation we have not seen yet, so it triggers a refetch, but
-    at most one per UNKNOWN_KID_REFETCH_INTERVAL: made-up kids cannot drive Secrets Manager calls.
+    - Within `ttl` the cached set is used as it is.
+    - Past `ttl` it is fetched again; if the store is unreachable, a warm container keeps serving
+      its cached keys for up to `grace` more seconds, trying the store again at most every
+      RETRY_AFTER_FAILURE seconds so that requests do not each wait for a dead endpoint.
+    - A kid we do not know may be a rotation we have not seen yet, so it triggers a refetch, but
+      at most one per UNKNOWN_KID_REFETCH_INTERVAL: made-up kids cannot drive Secrets Manager calls.
+      Inside that interval an unknown kid is deferred (503, retry), never declared a forgery.
     """
 
-    def __init__(self, store: KeyStore, ttl: float, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self, store: KeyStore, ttl: float, grace: float = 0.0, clock: Callable[[], float] = time.monotonic
+    ):
         self._store = store
         self._ttl = ttl
+        self._grace = grace
         self._clock = clock
         self._lock = threading.Lock()
         self._keys: KeySet | None = None
         self._fetched_at = 0.0
+        self._retry_at = 0.0
+        self._unknown_kid_fetch_at = float("-inf")
 
     def keys(self) -> KeySet:
         with self._lock:
-            if self._keys is None or self._clock() - self._fetched_at >= self._ttl:
+            now = self._clock()
+            age = now - self._fetched_at
+            if self._keys is not None and age < self._ttl:
+                return self._keys
+            stale_usable = self._keys is not None and age < self._ttl + self._grace
+            if stale_usable and now < self._retry_at:
+                return self._keys
+            try:
                 self._refetch()
+            except KeyStoreUnavailable as error:
+                if not stale_usable:
+                    raise
+                self._retry_at = now + RETRY_AFTER_FAILURE
+                logger.warning("serving cached keys (%.0f s old) while the key store is unavailable: %s", age, error)
             return self._keys
 
     def candidates(self, kid: str | None) -> list[SessionKey]:
@@ -276,10 +319,20 @@ class KeyCache:
         if key is not None:
             return [key]
         with self._lock:
-            if self._clock() - self._fetched_at >= UNKNOWN_KID_REFETCH_INTERVAL:
+            key = self._keys.by_kid(kid)  # another request may have refetched meanwhile
+            if key is None:
+                now = self._clock()
+                if now - self._unknown_kid_fetch_at < UNKNOWN_KID_REFETCH_INTERVAL:
+                    # Maybe a rotation we have not seen, maybe a forgery: "try again shortly" logs
+                    # nobody out, and costs Secrets Manager nothing.
+                    raise KeyRefetchDeferred(f"unknown kid; the key set was refetched under {UNKNOWN_KID_REFETCH_INTERVAL:.0f} s ago")
+                self._unknown_kid_fetch_at = now
                 self._refetch()
-            key = self._keys.by_kid(kid)
+                key = self._keys.by_kid(kid)
         return [key] if key is not None else []
+
+    def is_retired(self, kid: str | None) -> bool:
+        return kid is not None and kid in self.keys().retired
 
     def _refetch(self) -> None:
         self._keys = self._store.fetch()

@@ -130,7 +130,10 @@ class Service:
             raise dashboard.CsrfRejected()
 
     def _open(self, envelope: sessions.Envelope) -> str:
-        for key in self._keys.candidates(envelope.kid):
+        candidates = self._keys.candidates(envelope.kid)
+        if not candidates and self._keys.is_retired(envelope.kid):
+            raise sessions.SessionExpired()  # sealed under a key rotated out: log in again
+        for key in candidates:
             try:
                 return sessions.decrypt(envelope, key.private)
             except sessions.InvalidToken:
@@ -192,6 +195,6 @@ def build(settings: Settings) -> Service:
     return Service(
         settings=settings,
         registry=registry,
-        keys=KeyCache(key_store(settings), ttl=settings.key_cache_ttl),
+        keys=KeyCache(key_store(settings), ttl=settings.key_cache_ttl, grace=settings.key_cache_grace),
         reviewer=Reviewer(timeout=settings.cluster_timeout, secrets_client=secrets_manager),
     )

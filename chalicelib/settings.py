@@ -23,6 +23,7 @@ class Settings:
     key_secret_id: str | None
     key_file: str | None
     key_cache_ttl: int
+    key_cache_grace: int
     clusters_file: str | None
     cors_allowed_origins: tuple[str, ...]
     csrf_enforce: bool
@@ -95,6 +96,7 @@ def load(env: Mapping[str, str], app_dir: str) -> Settings:
         key_secret_id=_optional(env, "KEY_SECRET_ID"),
         key_file=_optional(env, "KEY_FILE"),
         key_cache_ttl=_seconds(env, "KEY_CACHE_TTL", 300),
+        key_cache_grace=_seconds(env, "KEY_CACHE_GRACE", 3600),
         clusters_file=_optional(env, "CLUSTERS_FILE"),
         cors_allowed_origins=_origins(env, "CORS_ALLOWED_ORIGINS"),
         csrf_enforce=_flag(env, "CSRF_ENFORCE", True),

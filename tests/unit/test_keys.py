@@ -374,6 +374,13 @@ def test_candidates_for_a_known_kid_is_that_key_only(key_a, key_b):
     assert store.fetches == 1
 
 
+def candidates_or_deferred(cache, kid):
+    try:
+        return cache.candidates(kid)
+    except keys.KeyRefetchDeferred:
+        return "deferred"
+
+
 def test_unknown_kids_refetch_at_most_once_per_interval(key_a):
     store, clock = CountingStore(KeySet(key_a)), Clock()
     interval = keys.UNKNOWN_KID_REFETCH_INTERVAL
@@ -381,24 +388,26 @@ def test_unknown_kids_refetch_at_most_once_per_interval(key_a):
     cache.keys()
     assert store.fetches == 1
 
-    clock.now += interval
-    for i in range(200):  # an attacker's stream of made-up kids
-        assert cache.candidates(f"made-up-{i}") == []
-        clock.now += interval / 400  # all within one interval of the refetch
+    answers = []
+    for i in range(200):  # an attacker's stream of made-up kids, all within one interval
+        answers.append(candidates_or_deferred(cache, f"made-up-{i}"))
+        clock.now += interval / 400
+    assert answers[0] == [] and set(answers[1:]) == {"deferred"}
     assert store.fetches == 2
 
     clock.now += interval
-    for i in range(50):
-        assert cache.candidates(f"more-{i}") == []
+    answers = [candidates_or_deferred(cache, f"more-{i}") for i in range(50)]
+    assert answers[0] == [] and set(answers[1:]) == {"deferred"}
     assert store.fetches == 3
 
 
-def test_unknown_kid_right_after_a_fetch_does_not_refetch(key_a):
+def test_an_unknown_kid_right_after_a_regular_fetch_still_refetches_once(key_a):
     store, clock = CountingStore(KeySet(key_a)), Clock()
     cache = KeyCache(store, ttl=3600, clock=clock)
-    for i in range(20):
-        assert cache.candidates(f"x{i}") == []
-    assert store.fetches == 1
+    cache.keys()
+    answers = [candidates_or_deferred(cache, f"x{i}") for i in range(20)]
+    assert answers[0] == [] and set(answers[1:]) == {"deferred"}
+    assert store.fetches == 2
 
 
 def test_a_kid_that_appears_after_a_refetch_is_found(key_a, key_b):
@@ -406,22 +415,55 @@ def test_a_kid_that_appears_after_a_refetch_is_found(key_a, key_b):
     cache = KeyCache(store, ttl=3600, clock=clock)
     cache.keys()
     store.keys = KeySet(current=key_b, previous=key_a)  # rotated elsewhere; our ttl has not run out
-    clock.now += keys.UNKNOWN_KID_REFETCH_INTERVAL
     assert cache.candidates("v2") == [key_b]
     assert store.fetches == 2
     assert cache.keys().current is key_b  # and the cache now mints with the new key
     assert store.fetches == 2
 
 
-def test_a_kid_that_appears_is_found_once_the_interval_passes(key_a, key_b):
+def test_a_new_kid_inside_the_interval_is_deferred_not_refused(key_a, key_b):
     store, clock = CountingStore(KeySet(key_a)), Clock()
     cache = KeyCache(store, ttl=3600, clock=clock)
-    cache.keys()
-    store.keys = KeySet(current=key_b, previous=key_a)
+    assert cache.candidates("forged") == []
+    store.keys = KeySet(current=key_b, previous=key_a)  # a real rotation lands just after
     clock.now += keys.UNKNOWN_KID_REFETCH_INTERVAL / 2
-    assert cache.candidates("v2") == []  # rate limited
+    assert candidates_or_deferred(cache, "v2") == "deferred"  # try again shortly: nobody is logged out
     clock.now += keys.UNKNOWN_KID_REFETCH_INTERVAL / 2
     assert cache.candidates("v2") == [key_b]
+
+
+def test_a_warm_cache_serves_its_keys_through_an_outage_for_the_grace_period(key_a):
+    class Flaky:
+        def __init__(self):
+            self.up, self.fetches = True, 0
+
+        def fetch(self):
+            self.fetches += 1
+            if not self.up:
+                raise KeyStoreUnavailable("Secrets Manager unreachable: EndpointConnectionError")
+            return KeySet(key_a)
+
+    store, clock = Flaky(), Clock()
+    cache = KeyCache(store, ttl=300, grace=600, clock=clock)
+    assert cache.keys().current is key_a
+    fetched_at = clock.now
+    store.up = False
+
+    clock.now += 301
+    assert cache.keys().current is key_a  # stale but within grace
+    attempts = store.fetches
+    for _ in range(100):  # no request waits on the dead store again before RETRY_AFTER_FAILURE
+        cache.keys()
+    assert store.fetches == attempts
+    clock.now += keys.RETRY_AFTER_FAILURE
+    cache.keys()
+    assert store.fetches == attempts + 1
+
+    clock.now = fetched_at + 300 + 600 + 1  # past ttl + grace
+    with pytest.raises(KeyStoreUnavailable):
+        cache.keys()
+    store.up = True
+    assert cache.keys().current is key_a
 
 
 def test_a_failing_store_surfaces_as_unavailable(key_a):
