@@ -84,4 +84,6 @@ def _finish(client, secret_id: str, token: str, versions: dict) -> None:
     client.update_secret_version_stage(
         SecretId=secret_id, VersionStage="AWSCURRENT", MoveToVersionId=token, RemoveFromVersionId=current
     )
+    # Secrets Manager drops AWSPENDING itself after a rotation it drives; rotate_now has no driver.
+    client.update_secret_version_stage(SecretId=secret_id, VersionStage="AWSPENDING", RemoveFromVersionId=token)
     logger.info("rotation finishSecret: version %s is now current (was %s)", token, current)
