@@ -56,7 +56,7 @@ package: install
 	@# chalice zips chalicelib/ as it is: drop bytecode caches so the package is the same every time
 	find chalicelib -name __pycache__ -type d -prune -exec rm -rf {} +
 	rm -rf $(BUILD)
-	$(CHALICE) package --stage $(STAGE) $(BUILD)
+	$(CHALICE) package --stage $(STAGE) --merge-template .chalice/merge-$(STAGE).json $(BUILD)
 	@ls -l $(BUILD)
 
 lint-cfn: package
