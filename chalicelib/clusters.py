@@ -257,6 +257,10 @@ class Reviewer:
             raise ClusterUnavailable(f"cluster {cluster.name} unreachable: {type(error).__name__}") from None
         return _service_account(cluster, answer.status)
 
+    def client_for(self, cluster: Cluster):
+        """The cluster's long-lived ApiClient with the reviewer's credentials (built on first use)."""
+        return self._client(cluster)
+
     def _client(self, cluster: Cluster):
         with cluster._client_lock:
             if cluster._client is None:

@@ -164,7 +164,12 @@ class Service:
 
 @functools.lru_cache(maxsize=1)
 def secrets_manager():
-    """The container's Secrets Manager client, built on first use (honours AWS_ENDPOINT_URL_SECRETS_MANAGER)."""
+    """The container's Secrets Manager client, built on first use."""
+    return new_secrets_manager()
+
+
+def new_secrets_manager():
+    """A Secrets Manager client with the service's timeouts and retries (honours AWS_ENDPOINT_URL_SECRETS_MANAGER)."""
     import boto3
     from botocore.config import Config
 

@@ -1,0 +1,667 @@
+"""Operator commands for dashboard-auth: `python -m chalicelib.cli <command>` (see --help).
+
+The commands read the same environment variables as the service (KEY_SECRET_ID, KEY_FILE,
+CLUSTERS_FILE, CLUSTER_TIMEOUT, AWS_ENDPOINT_URL_SECRETS_MANAGER, the AWS credential chain),
+and flags override them. They run with the operator's own credentials, not the function's.
+
+Output rules, as for the service: no key material is ever printed except by `manifest`, whose
+whole point is to carry the key into a cluster (stdout or a 0600 file only); no token, no
+TokenReview body, no exception text from a library that might quote one. An expected failure
+is one line on stderr: exit 2 for a usage error, 1 for anything that went wrong doing the work.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import logging
+import os
+import re
+import socket
+import ssl
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from urllib.parse import urlsplit
+
+from . import clusters, keys, logs, rotation, service, sessions
+from . import settings as settings_module
+
+PROG = "python -m chalicelib.cli"
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+KEY_HOLDER_SECRET = "kubernetes-dashboard-key-holder"
+DEFAULT_NAMESPACE = "kubernetes-dashboard"
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+
+
+class CommandFailed(Exception):
+    """An expected operational failure: the message is the one line the operator reads (exit 1)."""
+
+
+class UsageError(Exception):
+    """Arguments or settings that cannot work: one line, exit 2 (as argparse's own errors)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors on one line (the usage is one --help away)."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+class _CommandListFormatter(argparse.HelpFormatter):
+    """Keeps each command and its one-line description on one line in --help.
+
+    argparse measures the command names at the list's indent, then prints them one level deeper.
+    """
+
+    def __init__(self, prog: str):
+        super().__init__(prog, max_help_position=30)
+
+    def add_argument(self, action):
+        super().add_argument(action)
+        if isinstance(action, argparse._SubParsersAction):
+            self._action_max_length += self._indent_increment
+
+
+# ---------------------------------------------------------------- shared helpers
+
+def _settings() -> settings_module.Settings:
+    """The service's settings from the environment, read only by the commands that need them."""
+    try:
+        return settings_module.load(os.environ, settings_module.APP_DIR)
+    except settings_module.SettingsError as error:
+        raise UsageError(str(error)) from None
+
+
+def _secret_id(args) -> str:
+    secret_id = args.secret_id or _settings().key_secret_id
+    if not secret_id:
+        raise UsageError("no key secret: give --secret-id or set KEY_SECRET_ID")
+    return secret_id
+
+
+def _secrets_client():
+    """A Secrets Manager client configured as the service's (timeouts, retries, endpoint override)."""
+    from botocore.exceptions import BotoCoreError
+
+    try:
+        return service.new_secrets_manager()  # a fresh one: the service's is cached per container
+    except BotoCoreError as error:
+        raise _aws_failure(error, "") from None
+
+
+def _aws_failure(error: Exception, secret_id: str, action: str = "the request") -> CommandFailed:
+    """One line saying what AWS refused or why it could not be asked; never a secret value."""
+    from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError, NoRegionError
+
+    if isinstance(error, ClientError):
+        details = error.response.get("Error", {})
+        code, message = details.get("Code", "unknown"), details.get("Message", "")
+        if code == "ResourceNotFoundException":
+            return CommandFailed(f"secret {secret_id!r} not found ({message or code}); create-key creates it")
+        return CommandFailed(f"Secrets Manager refused {action} on {secret_id!r}: {code}" + (f": {message}" if message else ""))
+    if isinstance(error, NoRegionError):
+        return CommandFailed("no AWS region: set AWS_REGION or AWS_DEFAULT_REGION")
+    if isinstance(error, NoCredentialsError):
+        return CommandFailed("no AWS credentials found (environment, profile or instance role)")
+    if isinstance(error, EndpointConnectionError):
+        return CommandFailed(f"Secrets Manager unreachable: {error}")
+    return CommandFailed(f"Secrets Manager unreachable: {type(error).__name__}")
+
+
+def _aws_errors():
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    return (BotoCoreError, ClientError)
+
+
+def _version_stages(client, secret_id: str) -> dict[str, list[str]] | None:
+    """{VersionId: [stages]} of the secret (DescribeSecret: no secret value is read), None if it does not exist."""
+    try:
+        return client.describe_secret(SecretId=secret_id).get("VersionIdsToStages", {})
+    except client.exceptions.ResourceNotFoundException:
+        return None
+
+
+def _version_with(stages: dict[str, list[str]] | None, stage: str) -> str | None:
+    return next((version for version, labels in (stages or {}).items() if stage in labels), None)
+
+
+def _write_private_file(path: str, text: str) -> None:
+    """Write `text` to `path` with mode 0600 from the first byte, replacing the file atomically."""
+    directory = os.path.dirname(os.path.abspath(path))
+    descriptor, temporary = tempfile.mkstemp(dir=directory, prefix=".key-holder-", suffix=".tmp")  # mode 0600
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.chmod(temporary, 0o600)
+        os.replace(temporary, path)
+    except BaseException:
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass
+        raise
+
+
+# ---------------------------------------------------------------- create-key
+
+def cmd_create_key(args) -> int:
+    secret_id = _secret_id(args)
+    client = _secrets_client()
+    try:
+        before = _version_with(_version_stages(client, secret_id), "AWSCURRENT")
+    except _aws_errors() as error:
+        raise _aws_failure(error, secret_id, "DescribeSecret") from None
+    # The service's own bootstrap: one ClientRequestToken per situation, so a racing container
+    # (or a second operator) writes the same version, and a usable key is never replaced.
+    store = keys.SecretsManagerKeyStore(secret_id, lambda: client)
+    try:
+        kid = store.fetch().current.kid
+    except keys.KeyStoreUnavailable as error:
+        raise CommandFailed(str(error)) from None
+    if before == kid:
+        print(f"the key was already there in {secret_id}: kid {kid} (not changed)")
+    elif before is None:
+        print(f"created the key in {secret_id}: kid {kid}")
+    else:
+        print(f"created the key in {secret_id}: kid {kid} (version {before} held no usable key)")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- rotate
+
+def cmd_rotate(args) -> int:
+    secret_id = _secret_id(args)
+    client = _secrets_client()
+    try:
+        if args.via_secrets_manager:
+            return _rotate_via_secrets_manager(client, secret_id)
+        before = _version_stages(client, secret_id)
+        if before is None:
+            raise CommandFailed(f"secret {secret_id!r} not found; create-key creates it")
+        old = _version_with(before, "AWSCURRENT")
+        if old is None:
+            raise CommandFailed(f"secret {secret_id!r} has no key to rotate (no AWSCURRENT version); run create-key first")
+        try:
+            new = rotation.rotate_now(client, secret_id)
+        except rotation.RotationError as error:
+            raise CommandFailed(f"rotation failed: {error}") from None
+        after = _version_stages(client, secret_id)
+    except _aws_errors() as error:
+        raise _aws_failure(error, secret_id, "the rotation") from None
+    if _version_with(after, "AWSCURRENT") != new or _version_with(after, "AWSPREVIOUS") != old:
+        raise CommandFailed(f"rotation of {secret_id} did not settle: AWSCURRENT is {_version_with(after, 'AWSCURRENT')}")
+    print(f"rotated {secret_id}: {old} -> {new}")
+    print(f"  AWSCURRENT  {new}  seals new sessions")
+    print(f"  AWSPREVIOUS {old}  still opens the sessions sealed before")
+    retired = _version_with(before, "AWSPREVIOUS")
+    if retired and retired not in (old, new):
+        print(f"  retired     {retired}  sessions still sealed with it must log in again")
+    print("Containers use the new key within KEY_CACHE_TTL (at once when they meet its kid). "
+          "An in-cluster Dashboard sharing the key needs the new manifest.", file=sys.stderr)
+    return EXIT_OK
+
+
+def _rotate_via_secrets_manager(client, secret_id: str) -> int:
+    try:
+        described = client.describe_secret(SecretId=secret_id)
+    except client.exceptions.ResourceNotFoundException:
+        raise CommandFailed(f"secret {secret_id!r} not found; create-key creates it") from None
+    function = described.get("RotationLambdaARN")
+    if not function:
+        raise CommandFailed(
+            f"rotation is not configured on secret {secret_id!r} (no rotation function): attach this app's "
+            "rotate_key function (aws secretsmanager rotate-secret --rotation-lambda-arn ...), "
+            "or rotate here with your own IAM: rotate without --via-secrets-manager"
+        )
+    answer = client.rotate_secret(SecretId=secret_id)
+    print(f"rotation of {secret_id} started by {function}: new version {answer['VersionId']} "
+          "(AWSCURRENT once the rotation function has finished)")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- manifest
+
+def _namespace(text: str) -> str:
+    if not _DNS_LABEL.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a namespace name (a DNS label: a-z, 0-9, '-')")
+    return text
+
+
+def _key_source(args) -> tuple[str, str, str]:
+    """(stored JSON text, kid, where it came from) from the flags, else as the service would choose."""
+    if args.key_file is not None and args.stage is not None:
+        raise UsageError("--stage applies to --secret-id only; a key file has a single key")
+    secret_id, key_file = args.secret_id, args.key_file
+    if secret_id is None and key_file is None:
+        configured = _settings()
+        secret_id = configured.key_secret_id
+        if secret_id is None and configured.key_file:
+            key_file = settings_module.resolve_path(configured, configured.key_file)
+        if secret_id is None and key_file is None:
+            raise UsageError("no key: give --secret-id or --key-file, or set KEY_SECRET_ID or KEY_FILE")
+    if key_file is not None:
+        try:
+            with open(key_file, encoding="utf-8") as handle:
+                text = handle.read()
+        except OSError as error:
+            raise CommandFailed(f"cannot read key file {key_file}: {error.strerror}") from None
+        try:
+            kid = "file-" + keys.parse_secret_value("file", text).public.thumbprint()[:16]  # as FileKeyStore
+        except keys.UnusableKey as why:
+            raise CommandFailed(f"key file {key_file} holds no usable key: {why}") from None
+        return text, kid, f"key file {key_file}"
+    stage = args.stage or "AWSCURRENT"
+    client = _secrets_client()
+    try:
+        answer = client.get_secret_value(SecretId=secret_id, VersionStage=stage)
+    except client.exceptions.ResourceNotFoundException:
+        raise CommandFailed(f"secret {secret_id!r} not found, or it has no {stage} version") from None
+    except _aws_errors() as error:
+        raise _aws_failure(error, secret_id, "GetSecretValue") from None
+    kid, text = answer["VersionId"], answer.get("SecretString")
+    try:
+        keys.parse_secret_value(kid, text)
+    except keys.UnusableKey as why:
+        raise CommandFailed(f"secret {secret_id} version {kid} ({stage}) holds no usable key: {why}") from None
+    return text, kid, f"secret {secret_id} version {kid} ({stage})"
+
+
+def render_manifest(text: str, kid: str, origin: str, namespace: str) -> str:
+    """The Dashboard v2 key-holder Secret, carrying priv and pub exactly as stored."""
+    import yaml
+
+    fields = json.loads(text)
+    document = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": KEY_HOLDER_SECRET,
+            "namespace": namespace,
+            "labels": {"k8s-app": "kubernetes-dashboard"},
+            "annotations": {"dashboard-auth/kid": kid},
+        },
+        "type": "Opaque",
+        "data": {name: base64.b64encode(fields[name].encode("utf-8")).decode("ascii") for name in ("priv", "pub")},
+    }
+    body = yaml.safe_dump(document, sort_keys=False, default_flow_style=False, width=1 << 30)
+    return f"# SECRET: the session key of dashboard-auth, from {origin}.\n# Apply it (kubectl apply -f -); do not commit or log it.\n{body}"
+
+
+def cmd_manifest(args) -> int:
+    text, kid, origin = _key_source(args)
+    manifest = render_manifest(text, kid, origin, args.namespace)
+    print(
+        "warning: this manifest holds the session key (priv and pub): whoever reads it can mint sessions "
+        "for every configured cluster. Keep it secret.",
+        file=sys.stderr,
+    )
+    if args.output:
+        try:
+            _write_private_file(args.output, manifest)
+        except OSError as error:
+            raise CommandFailed(f"cannot write {args.output}: {error.strerror}") from None
+        print(f"wrote {KEY_HOLDER_SECRET} (kid {kid}) to {args.output} (mode 0600)", file=sys.stderr)
+    else:
+        sys.stdout.write(manifest)
+        sys.stdout.flush()
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- decode
+
+def _duration(seconds: float) -> str:
+    seconds = int(abs(seconds))
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [(days, "d"), (hours, "h"), (minutes, "m"), (secs, "s")]
+    while len(parts) > 1 and parts[0][0] == 0:
+        parts.pop(0)
+    return " ".join(f"{value}{unit}" for value, unit in parts[:2])
+
+
+def _relative(moment: datetime, now: datetime) -> str:
+    delta = (moment - now).total_seconds()
+    return f"in {_duration(delta)}" if delta > 0 else f"{_duration(delta)} ago"
+
+
+def _read_token(argument: str) -> str:
+    if argument != "-":
+        return argument.strip()
+    try:
+        return sys.stdin.read(sessions.MAX_TOKEN_CHARS + 1024).strip()
+    except (OSError, UnicodeDecodeError):
+        raise CommandFailed("cannot read a token from stdin") from None
+
+
+def _b64url_json(text: str) -> dict:
+    return json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+
+
+def inspect_token(text: str, now: datetime) -> tuple[dict, sessions.Claims]:
+    """What a session token says about itself, read without any key; InvalidToken if it is not one.
+
+    sessions.parse decides what is a token (the same strict check as a refresh); the header and the
+    AAD are then shown as they are written in it. The encrypted key and the ciphertext never are.
+    """
+    envelope = sessions.parse(text)
+    document = json.loads(text)
+    header, aad = _b64url_json(document["protected"]), _b64url_json(document["aad"])
+    claims = envelope.claims
+    expires_in = None if claims.expires_at is None else int((claims.expires_at - now).total_seconds())
+    info = {
+        "kid": envelope.kid,
+        "alg": header["alg"],
+        "enc": header["enc"],
+        "cluster": claims.cluster,
+        "iat": aad["iat"],
+        "exp": aad.get("exp"),
+        "auth_time": aad.get("auth_time"),
+        "reviewed_at": aad.get("reviewed_at"),
+        "now": sessions.format_time(now),
+        "expired": expires_in is not None and expires_in <= 0,
+        "expires_in_seconds": expires_in,
+        "session_age_seconds": int((now - claims.auth_time).total_seconds()),
+        "since_review_seconds": None if claims.reviewed_at is None else int((now - claims.reviewed_at).total_seconds()),
+    }
+    return info, claims
+
+
+def _describe_text(info: dict, claims: sessions.Claims, now: datetime) -> list[str]:
+    rows = [
+        ("kid", info["kid"] or "(none: minted by a Dashboard v2 backend)"),
+        ("alg", info["alg"]),
+        ("enc", info["enc"]),
+        ("cluster", info["cluster"] or "(none: the default cluster)"),
+        ("iat", f"{info['iat']}  ({_relative(claims.issued_at, now)})"),
+    ]
+    if claims.expires_at is None:
+        rows.append(("exp", "(none: never expires)"))
+    elif info["expired"]:
+        rows.append(("exp", f"{info['exp']}  (expired {_duration(info['expires_in_seconds'])} ago)"))
+    else:
+        rows.append(("exp", f"{info['exp']}  (expires in {_duration(info['expires_in_seconds'])})"))
+    if info["auth_time"] is None:
+        rows.append(("auth_time", "(none: the session began at iat)"))
+    else:
+        rows.append(("auth_time", f"{info['auth_time']}  ({_relative(claims.auth_time, now)})"))
+    if claims.reviewed_at is None:
+        rows.append(("reviewed_at", "(none: the next refresh asks the cluster)"))
+    else:
+        rows.append(("reviewed_at", f"{info['reviewed_at']}  ({_relative(claims.reviewed_at, now)})"))
+    rows.append(("session age", _duration(info["session_age_seconds"])))
+    return [f"{name:<12} {value}" for name, value in rows]
+
+
+def cmd_decode(args) -> int:
+    text = _read_token(args.token)
+    now = datetime.now(timezone.utc).replace(microsecond=0)
+    try:
+        info, claims = inspect_token(text, now)
+    except sessions.InvalidToken:
+        raise CommandFailed(
+            "not a well-formed session token (expected the Dashboard's JWE: flattened JSON, "
+            "RSA-OAEP-256/A256GCM, a session AAD)"
+        ) from None
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        print("\n".join(_describe_text(info, claims, now)))
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- check-clusters
+
+@dataclass
+class ClusterCheck:
+    name: str
+    server: str
+    ok: bool
+    detail: str
+
+    def line(self, name_width: int) -> str:
+        return f"{'OK' if self.ok else 'FAIL':<4}  {self.name:<{name_width}}  {self.server}  {self.detail}"
+
+
+class _Failed(Exception):
+    pass
+
+
+def _tls_check(configuration, timeout: float) -> None:
+    """Connect and handshake as the kubernetes client would, so each failure gets its own words."""
+    parts = urlsplit(configuration.host)
+    if parts.scheme != "https" or not parts.hostname:
+        raise _Failed(f"server {configuration.host!r} is not an https:// URL")
+    if not configuration.verify_ssl:
+        raise _Failed("TLS verification is turned off for this cluster (insecure-skip-tls-verify): no CA to check")
+    host, port = parts.hostname, parts.port or 443
+    try:
+        context = ssl.create_default_context(
+            cafile=configuration.ssl_ca_cert or None,
+            cadata=configuration.ca_cert_data.decode() if isinstance(configuration.ca_cert_data, bytes)
+            else configuration.ca_cert_data or None,
+        )
+        if configuration.cert_file and configuration.key_file:
+            context.load_cert_chain(configuration.cert_file, configuration.key_file)
+    except (ssl.SSLError, OSError, ValueError) as error:
+        raise _Failed(f"the CA or client certificate does not load ({type(error).__name__})") from None
+    if configuration.assert_hostname is False:
+        context.check_hostname = False
+    try:
+        connection = socket.create_connection((host, port), timeout=timeout)
+    except socket.timeout:
+        raise _Failed(f"unreachable: no TCP connection to {host}:{port} within {timeout:g} s") from None
+    except socket.gaierror:
+        raise _Failed(f"unreachable: cannot resolve {host}") from None
+    except OSError as error:
+        raise _Failed(f"unreachable: {(error.strerror or type(error).__name__).lower()} ({host}:{port})") from None
+    with connection:
+        try:
+            with context.wrap_socket(connection, server_hostname=configuration.tls_server_name or host):
+                pass
+        except ssl.SSLCertVerificationError as error:
+            raise _Failed(f"the CA does not verify the server's certificate: {error.verify_message}") from None
+        except socket.timeout:
+            raise _Failed(f"TLS handshake with {host}:{port} timed out after {timeout:g} s") from None
+        except (ssl.SSLError, OSError) as error:
+            reason = getattr(error, "reason", None) or type(error).__name__
+            raise _Failed(f"TLS handshake with {host}:{port} failed ({reason})") from None
+
+
+def _access_check(api_client, timeout: float) -> None:
+    """SelfSubjectAccessReview with the reviewer's credentials: may it create TokenReviews?"""
+    from kubernetes.client import (
+        AuthorizationV1Api,
+        V1ResourceAttributes,
+        V1SelfSubjectAccessReview,
+        V1SelfSubjectAccessReviewSpec,
+    )
+    from kubernetes.client.exceptions import ApiException
+    from urllib3.exceptions import ConnectTimeoutError, HTTPError, MaxRetryError, ReadTimeoutError
+    from urllib3.exceptions import TimeoutStateError
+
+    body = V1SelfSubjectAccessReview(
+        spec=V1SelfSubjectAccessReviewSpec(
+            resource_attributes=V1ResourceAttributes(
+                verb="create", group="authentication.k8s.io", resource="tokenreviews"
+            )
+        )
+    )
+    try:
+        answer = AuthorizationV1Api(api_client).create_self_subject_access_review(
+            body, _request_timeout=(timeout, timeout)
+        )
+    except ApiException as error:  # never str(error): it carries the response body
+        if error.status == 401:
+            raise _Failed("the cluster rejected the reviewer credentials (HTTP 401): unknown, expired or revoked") from None
+        raise _Failed(f"the cluster answered HTTP {error.status} to a SelfSubjectAccessReview") from None
+    except (HTTPError, OSError) as error:
+        cause = getattr(error, "reason", None) if isinstance(error, MaxRetryError) else error
+        if isinstance(cause, (TimeoutError, TimeoutStateError, ReadTimeoutError, ConnectTimeoutError)):
+            raise _Failed(f"no answer to a SelfSubjectAccessReview within {timeout:g} s") from None
+        raise _Failed(f"unreachable during the SelfSubjectAccessReview: {type(cause or error).__name__}") from None
+    status = answer.status
+    if status is None or not status.allowed:
+        why = (status.reason or status.evaluation_error or "") if status is not None else ""
+        raise _Failed("the reviewer may not create tokenreviews.authentication.k8s.io"
+                      + (f" ({why[:200]})" if why else ""))
+
+
+def check_cluster(reviewer: clusters.Reviewer, cluster: clusters.Cluster, timeout: float) -> ClusterCheck:
+    server = cluster.server or "(kubeconfig)"
+    try:
+        api_client = reviewer.client_for(cluster)
+        server = api_client.configuration.host
+        _tls_check(api_client.configuration, timeout)
+        _access_check(api_client, timeout)
+    except _Failed as failure:
+        return ClusterCheck(cluster.name, server, False, str(failure))
+    except (clusters.ClusterConfigError, clusters.ClusterUnavailable) as error:
+        return ClusterCheck(cluster.name, server, False, str(error))
+    except Exception as error:  # one cluster's surprise must not hide the others' results; no text: it may quote secrets
+        return ClusterCheck(cluster.name, server, False, f"unexpected failure: {type(error).__name__}")
+    note = "reachable, CA verifies, reviewer may create tokenreviews"
+    if "eks" in cluster.reviewer:
+        note += " (checked with your AWS identity, not the function's role)"
+    return ClusterCheck(cluster.name, server, True, note)
+
+
+def cmd_check_clusters(args) -> int:
+    configured = _settings()
+    if args.clusters_file is not None:
+        clusters_file = os.path.abspath(args.clusters_file)
+    elif configured.clusters_file:
+        clusters_file = settings_module.resolve_path(configured, configured.clusters_file)
+    else:
+        clusters_file = None  # the current kubeconfig context, as cluster "default"
+    timeout = args.timeout if args.timeout is not None else configured.cluster_timeout
+    try:
+        registry = clusters.load_registry(clusters_file, configured.app_dir)
+    except clusters.ClusterConfigError as error:
+        raise CommandFailed(str(error)) from None
+    shared: list = []
+
+    def secrets_client():  # for tokenSecretId reviewers: one client, built on first need
+        if not shared:
+            shared.append(service.new_secrets_manager())
+        return shared[0]
+
+    reviewer = clusters.Reviewer(timeout=timeout, secrets_client=secrets_client)
+    ordered = [registry.clusters[name] for name in registry.names()]
+    with ThreadPoolExecutor(max_workers=min(8, len(ordered))) as pool:
+        results = list(pool.map(lambda cluster: check_cluster(reviewer, cluster, timeout), ordered))
+    width = max(len(result.name) for result in results)
+    for result in results:
+        print(result.line(width))
+    return EXIT_OK if all(result.ok for result in results) else EXIT_FAILED
+
+
+def _timeout(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value <= 60:
+        raise argparse.ArgumentTypeError("must be between 0 and 60 seconds")
+    return value
+
+
+# ---------------------------------------------------------------- entry point
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=PROG,
+        formatter_class=_CommandListFormatter,
+        description="Operator commands for dashboard-auth. Settings come from the service's environment "
+        "variables (KEY_SECRET_ID, KEY_FILE, CLUSTERS_FILE, CLUSTER_TIMEOUT, AWS_ENDPOINT_URL_SECRETS_MANAGER); "
+        "flags override them.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="<command>", required=True)
+
+    def command(name: str, summary: str, description: str):
+        sub = commands.add_parser(name, help=summary, description=description)
+        return sub
+
+    secret_help = "the key secret (name or ARN); default: KEY_SECRET_ID"
+
+    create = command("create-key", "create the key, unless the secret holds a usable one",
+                     "Create the session key in the Secrets Manager secret if it has no usable key, with the "
+                     "service's race-free bootstrap (a usable key is never replaced). Prints the kid; never the key.")
+    create.add_argument("--secret-id", help=secret_help)
+    create.set_defaults(run=cmd_create_key)
+
+    rotate = command("rotate", "rotate the key: new AWSCURRENT, old one AWSPREVIOUS",
+                     "Rotate the session key. By default the four rotation steps run here, with your own IAM; "
+                     "--via-secrets-manager asks Secrets Manager to run the secret's rotation function instead.")
+    rotate.add_argument("--secret-id", help=secret_help)
+    rotate.add_argument("--via-secrets-manager", action="store_true",
+                        help="call RotateSecret: the rotation function configured on the secret does the work")
+    rotate.set_defaults(run=cmd_rotate)
+
+    manifest = command("manifest", "print the key-holder Secret for a Dashboard (SECRET)",
+                       "Print a Kubernetes Secret manifest (kubernetes-dashboard-key-holder, data priv and pub) so "
+                       "that an in-cluster Dashboard v2 shares the key. The output IS SECRET: stdout or a 0600 file.")
+    source = manifest.add_mutually_exclusive_group()
+    source.add_argument("--secret-id", help=secret_help)
+    source.add_argument("--key-file", help="a local key file instead (default: KEY_FILE when KEY_SECRET_ID is unset)")
+    manifest.add_argument("--namespace", type=_namespace, default=DEFAULT_NAMESPACE,
+                          help=f"the Dashboard's namespace (default: {DEFAULT_NAMESPACE})")
+    manifest.add_argument("--stage", help="the secret version's staging label (default: AWSCURRENT)")
+    manifest.add_argument("--output", "-o", metavar="FILE", help="write the manifest to FILE (mode 0600) instead of stdout")
+    manifest.set_defaults(run=cmd_manifest)
+
+    decode = command("decode", "show a session token's header and times, undecrypted",
+                     "Show what a session token says about itself (kid, alg, enc, cluster, iat, exp, auth_time, "
+                     "reviewed_at, expiry and session age) without decrypting it. Give - to read the token from "
+                     "stdin, which keeps it out of your shell history and the process list.")
+    decode.add_argument("token", metavar="TOKEN|-", help="the jweToken, or - for stdin")
+    decode.add_argument("--json", action="store_true", help="print JSON")
+    decode.set_defaults(run=cmd_decode)
+
+    check = command("check-clusters", "check every cluster's reach, CA and reviewer rights",
+                    "For every cluster of the registry (or the kubeconfig context as \"default\"): TCP and TLS "
+                    "reach, the CA verifies the server, and a SelfSubjectAccessReview with the reviewer's "
+                    "credentials says it may create TokenReviews. One line per cluster; exit 1 if any fails.")
+    check.add_argument("--clusters-file", help="the cluster registry (default: CLUSTERS_FILE, else the kubeconfig)")
+    check.add_argument("--timeout", type=_timeout, help="seconds per connection and request (default: CLUSTER_TIMEOUT, 5)")
+    check.set_defaults(run=cmd_check_clusters)
+    return parser
+
+
+def _configure_logging() -> None:
+    """Library warnings go to stderr, scrubbed like the service's logs (only when run as a program)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(logs.RedactingFilter())
+    logging.getLogger().addHandler(handler)
+    logging.getLogger().setLevel(logging.WARNING)
+    logging.getLogger("urllib3").setLevel(logging.ERROR)  # its retry warnings repeat what the command reports
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # --help (0) or a usage error (2), already printed
+        return exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
+    try:
+        return args.run(args)
+    except UsageError as error:
+        print(f"{parser.prog} {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except CommandFailed as error:
+        print(f"{parser.prog} {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print(f"{parser.prog} {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    _configure_logging()
+    sys.exit(main())

@@ -1,0 +1,369 @@
+"""The operator CLI against real parts: a moto Secrets Manager server over HTTP
+(AWS_ENDPOINT_URL_SECRETS_MANAGER) and TLS fake Kubernetes API servers spoken to by the kubernetes client.
+
+Some cases run `python -m chalicelib.cli` as its own process with only environment variables, as
+an operator would; the rest call cli.main(argv) and read what it printed.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import yaml
+from cryptography.hazmat.primitives import serialization
+
+from chalicelib import cli, keys, sessions
+from tests.conftest import ROOT, DashboardFrontend, body_json, write_registry
+
+pytestmark = pytest.mark.usefixtures("healthy")
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    return code, out, err
+
+
+def run_process(*argv: str, stdin: str | None = None, **env: str) -> subprocess.CompletedProcess:
+    """The CLI as its own process; the environment is the test's (fake AWS credentials) plus `env`."""
+    completed = subprocess.run(
+        [sys.executable, "-m", "chalicelib.cli", *argv],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "Traceback" not in completed.stdout + completed.stderr, completed.stderr
+    return completed
+
+
+def stages(secrets_client, secret_id) -> dict[str, str]:
+    versions = secrets_client.describe_secret(SecretId=secret_id)["VersionIdsToStages"]
+    return {stage: version for version, labels in versions.items() for stage in labels}
+
+
+def stored(secrets_client, secret_id, stage="AWSCURRENT") -> tuple[str, str]:
+    answer = secrets_client.get_secret_value(SecretId=secret_id, VersionStage=stage)
+    return answer["VersionId"], answer["SecretString"]
+
+
+def assert_no_key_material(text: str, *values: str) -> None:
+    assert "BEGIN" not in text and "PRIVATE KEY" not in text
+    for value in values:
+        fields = json.loads(value)
+        for name in ("priv", "pub", "csrf"):
+            body = "".join(fields[name].splitlines()[1:-1]) if name != "csrf" else fields[name]
+            assert body[:40] not in text
+
+
+# ---------------------------------------------------------------- create-key
+
+
+def test_create_key_creates_once_then_reports_the_existing_key(moto_server, secrets_client, secret_id, capsys):
+    first = run_process("create-key", KEY_SECRET_ID=secret_id, AWS_ENDPOINT_URL_SECRETS_MANAGER=moto_server.url)
+
+    assert first.returncode == 0, first.stderr
+    kid, value = stored(secrets_client, secret_id)
+    assert first.stdout == f"created the key in {secret_id}: kid {kid}\n"
+    keys.parse_secret_value(kid, value)  # a usable key in the service's format
+
+    code, out, err = run(capsys, "create-key", "--secret-id", secret_id)
+
+    assert code == 0
+    assert out == f"the key was already there in {secret_id}: kid {kid} (not changed)\n"
+    assert stored(secrets_client, secret_id) == (kid, value)
+    assert len(secrets_client.list_secret_version_ids(SecretId=secret_id)["Versions"]) == 1
+    assert_no_key_material(first.stdout + first.stderr + out + err, value)
+
+
+def test_create_key_never_replaces_a_usable_key(secrets_client, secret_id, capsys):
+    value = keys.new_secret_value()
+    kid = secrets_client.create_secret(Name=secret_id, SecretString=value)["VersionId"]
+
+    code, out, _ = run(capsys, "create-key", "--secret-id", secret_id)
+
+    assert code == 0 and "already there" in out and kid in out
+    assert stored(secrets_client, secret_id) == (kid, value)
+
+
+def test_create_key_fills_a_secret_whose_value_is_unusable(secrets_client, secret_id, capsys):
+    unusable = secrets_client.create_secret(Name=secret_id, SecretString="{}")["VersionId"]
+
+    code, out, _ = run(capsys, "create-key", "--secret-id", secret_id)
+
+    kid, value = stored(secrets_client, secret_id)
+    assert code == 0
+    assert out == f"created the key in {secret_id}: kid {kid} (version {unusable} held no usable key)\n"
+    keys.parse_secret_value(kid, value)
+
+
+def test_create_key_with_secrets_manager_refusing_fails_in_one_line(secrets_client, secret_id, capsys):
+    secrets_client.create_secret(Name=secret_id, SecretString="{}")
+    secrets_client.delete_secret(SecretId=secret_id)  # scheduled for deletion: reads are refused
+    code, out, err = run(capsys, "create-key", "--secret-id", secret_id)
+    assert code == 1 and out == ""
+    assert "InvalidRequestException" in err and len(err.strip().splitlines()) == 1
+
+
+# ---------------------------------------------------------------- rotate
+
+
+def test_rotate_moves_awscurrent_and_awsprevious(moto_server, secrets_client, secret_id, capsys):
+    assert run(capsys, "create-key", "--secret-id", secret_id)[0] == 0
+    first, first_value = stored(secrets_client, secret_id)
+
+    rotated = run_process("rotate", KEY_SECRET_ID=secret_id, AWS_ENDPOINT_URL_SECRETS_MANAGER=moto_server.url)
+
+    assert rotated.returncode == 0, rotated.stderr
+    labels = stages(secrets_client, secret_id)
+    second = labels["AWSCURRENT"]
+    assert second != first and labels["AWSPREVIOUS"] == first
+    assert rotated.stdout.splitlines()[0] == f"rotated {secret_id}: {first} -> {second}"
+    second_value = stored(secrets_client, secret_id)[1]
+    assert keys.parse_secret_value(second, second_value).public.thumbprint() != (
+        keys.parse_secret_value(first, first_value).public.thumbprint()
+    )
+    assert stored(secrets_client, secret_id, "AWSPREVIOUS") == (first, first_value)
+    assert_no_key_material(rotated.stdout + rotated.stderr, first_value, second_value)
+
+    code, out, _ = run(capsys, "rotate", "--secret-id", secret_id)
+
+    labels = stages(secrets_client, secret_id)
+    third = labels["AWSCURRENT"]
+    assert code == 0
+    assert labels["AWSPREVIOUS"] == second and third not in (first, second)
+    assert out.splitlines()[0] == f"rotated {secret_id}: {second} -> {third}"
+    assert re.search(rf"retired\s+{first}\b", out)
+    assert "AWSPENDING" not in labels or labels["AWSPENDING"] == third
+
+
+def test_rotate_a_missing_secret_fails_with_a_hint(secrets_client, secret_id, capsys):
+    code, out, err = run(capsys, "rotate", "--secret-id", secret_id)
+    assert code == 1 and out == ""
+    assert "not found" in err and "create-key" in err
+
+
+def test_rotate_via_secrets_manager_says_when_rotation_is_not_configured(moto_server, secrets_client, secret_id):
+    secrets_client.create_secret(Name=secret_id, SecretString=keys.new_secret_value())
+    before = stages(secrets_client, secret_id)
+
+    completed = run_process(
+        "rotate", "--via-secrets-manager", "--secret-id", secret_id,
+        AWS_ENDPOINT_URL_SECRETS_MANAGER=moto_server.url,
+    )
+
+    assert completed.returncode == 1 and completed.stdout == ""
+    assert "rotation is not configured on secret" in completed.stderr
+    assert "without --via-secrets-manager" in completed.stderr
+    assert len(completed.stderr.strip().splitlines()) == 1
+    assert stages(secrets_client, secret_id) == before  # nothing was rotated
+
+
+# ---------------------------------------------------------------- manifest
+
+
+def decoded_manifest(text: str) -> tuple[dict, str, str]:
+    document = yaml.safe_load(text)
+    assert document["kind"] == "Secret" and document["metadata"]["name"] == "kubernetes-dashboard-key-holder"
+    assert set(document["data"]) == {"priv", "pub"}
+    return (
+        document,
+        base64.b64decode(document["data"]["priv"]).decode(),
+        base64.b64decode(document["data"]["pub"]).decode(),
+    )
+
+
+def test_manifest_carries_the_stored_pems_exactly(moto_server, secrets_client, secret_id, capsys):
+    assert run(capsys, "create-key", "--secret-id", secret_id)[0] == 0
+    kid, value = stored(secrets_client, secret_id)
+
+    completed = run_process("manifest", KEY_SECRET_ID=secret_id, AWS_ENDPOINT_URL_SECRETS_MANAGER=moto_server.url)
+
+    assert completed.returncode == 0, completed.stderr
+    document, priv, pub = decoded_manifest(completed.stdout)
+    assert document["metadata"]["namespace"] == "kubernetes-dashboard"
+    assert document["metadata"]["annotations"]["dashboard-auth/kid"] == kid
+    fields = json.loads(value)
+    assert priv == fields["priv"] and pub == fields["pub"]
+    private_key = serialization.load_pem_private_key(priv.encode(), password=None)
+    public_key = serialization.load_der_public_key(base64.b64decode("".join(pub.strip().splitlines()[1:-1])))
+    assert public_key.public_numbers() == private_key.public_key().public_numbers()
+    assert "warning" in completed.stderr and "BEGIN" not in completed.stderr
+
+
+def test_manifest_of_the_previous_stage_after_a_rotation(secrets_client, secret_id, capsys, tmp_path):
+    secrets_client.create_secret(Name=secret_id, SecretString=keys.new_secret_value())
+    assert run(capsys, "rotate", "--secret-id", secret_id)[0] == 0
+    previous_kid, previous_value = stored(secrets_client, secret_id, "AWSPREVIOUS")
+    target = tmp_path / "key-holder.yaml"
+
+    code, out, err = run(capsys, "manifest", "--secret-id", secret_id, "--stage", "AWSPREVIOUS", "--output", str(target))
+
+    assert code == 0 and out == ""
+    assert oct(os.stat(target).st_mode & 0o777) == "0o600"
+    document, priv, pub = decoded_manifest(target.read_text())
+    assert document["metadata"]["annotations"]["dashboard-auth/kid"] == previous_kid
+    assert (priv, pub) == (json.loads(previous_value)["priv"], json.loads(previous_value)["pub"])
+
+
+def test_manifest_of_a_missing_stage_or_an_unusable_value_fails(secrets_client, secret_id, capsys):
+    secrets_client.create_secret(Name=secret_id, SecretString='{"priv": "no", "pub": "no"}')
+
+    code, out, err = run(capsys, "manifest", "--secret-id", secret_id, "--stage", "AWSPREVIOUS")
+    assert code == 1 and out == "" and "no AWSPREVIOUS version" in err
+
+    code, out, err = run(capsys, "manifest", "--secret-id", secret_id)
+    assert code == 1 and out == "" and "holds no usable key" in err
+
+
+# ---------------------------------------------------------------- decode, on a token the service minted
+
+
+def test_decode_a_token_from_a_real_login(configure, secrets_client, secret_id, tmp_path, cluster_a, capsys):
+    registry = write_registry(tmp_path / "clusters.json", [cluster_a.registry_entry()])
+    frontend = DashboardFrontend(configure(KEY_SECRET_ID=secret_id, CLUSTERS_FILE=registry))
+    response = frontend.login(cluster_a.login_token())
+    token = body_json(response)["jweToken"]
+    kid = stored(secrets_client, secret_id)[0]
+
+    completed = run_process("decode", "--json", "-", stdin=token)
+
+    assert completed.returncode == 0, completed.stderr
+    info = json.loads(completed.stdout)
+    claims = sessions.parse(token).claims
+    assert info["kid"] == kid and info["cluster"] == cluster_a.name
+    assert info["iat"] == info["auth_time"] == info["reviewed_at"] == sessions.format_time(claims.issued_at)
+    assert info["exp"] == sessions.format_time(claims.expires_at)
+    assert 880 <= info["expires_in_seconds"] <= 900 and info["expired"] is False
+    for sealed in ("encrypted_key", "ciphertext"):
+        assert json.loads(token)[sealed] not in completed.stdout
+
+    garbage = run_process("decode", "-", stdin="not-a-token")
+    assert garbage.returncode == 1 and garbage.stdout == ""
+    assert "not a well-formed session token" in garbage.stderr
+
+
+# ---------------------------------------------------------------- check-clusters
+
+
+def check_lines(out: str) -> dict[str, tuple[str, str]]:
+    """{cluster: (OK|FAIL, the rest of the line)}"""
+    rows = {}
+    for line in out.splitlines():
+        verdict, name, rest = line.split(None, 2)
+        rows[name] = (verdict, rest)
+    return rows
+
+
+def test_check_clusters_ok_for_healthy_clusters(tmp_path, cluster_a, cluster_b):
+    registry = write_registry(tmp_path / "clusters.json", [cluster_a.registry_entry(), cluster_b.registry_entry()])
+
+    completed = run_process("check-clusters", CLUSTERS_FILE=registry)
+
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    rows = check_lines(completed.stdout)
+    assert set(rows) == {cluster_a.name, cluster_b.name}
+    for name, (verdict, rest) in rows.items():
+        assert verdict == "OK", rest
+        assert "reviewer may create tokenreviews" in rest
+    assert rows[cluster_a.name][1].startswith(cluster_a.server.url)
+    assert cluster_a.reviewer_token not in completed.stdout + completed.stderr
+    assert ("POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", 201) in cluster_a.server.requests
+
+
+def test_check_clusters_fails_a_stopped_cluster_and_still_checks_the_others(tmp_path, cluster_a, cluster_b, capsys):
+    registry = write_registry(tmp_path / "clusters.json", [cluster_a.registry_entry(), cluster_b.registry_entry()])
+    cluster_b.server.stop()
+
+    code, out, err = run(capsys, "check-clusters", "--clusters-file", registry, "--timeout", "2")
+
+    rows = check_lines(out)
+    assert code == 1
+    assert rows[cluster_a.name][0] == "OK"
+    assert rows[cluster_b.name][0] == "FAIL"
+    assert "unreachable: connection refused" in rows[cluster_b.name][1]
+
+
+def test_check_clusters_fails_a_wrong_ca(tmp_path, cluster_a, cluster_b, capsys):
+    wrong_ca = cluster_a.registry_entry(certificateAuthorityData=cluster_b.server.ca_data)
+    registry = write_registry(tmp_path / "clusters.json", [wrong_ca])
+
+    code, out, _ = run(capsys, "check-clusters", "--clusters-file", registry)
+
+    verdict, rest = check_lines(out)[cluster_a.name]
+    assert code == 1 and verdict == "FAIL"
+    assert "the CA does not verify the server's certificate" in rest
+
+
+def test_check_clusters_fails_a_reviewer_without_tokenreview_permission(tmp_path, cluster_a, capsys):
+    forbidden = tmp_path / "forbidden-reviewer"
+    forbidden.write_text(cluster_a.server.new_reviewer(allowed=False))
+    entry = cluster_a.registry_entry(reviewer={"tokenFile": str(forbidden)})
+    registry = write_registry(tmp_path / "clusters.json", [entry])
+
+    code, out, err = run(capsys, "check-clusters", "--clusters-file", registry)
+
+    verdict, rest = check_lines(out)[cluster_a.name]
+    assert code == 1 and verdict == "FAIL"
+    assert "the reviewer may not create tokenreviews.authentication.k8s.io" in rest
+    assert forbidden.read_text() not in out + err
+
+
+def test_check_clusters_fails_unknown_or_unreadable_reviewer_credentials(tmp_path, cluster_a, cluster_b, capsys):
+    unknown = tmp_path / "unknown-reviewer"
+    unknown.write_text("not-a-reviewer-this-cluster-knows")
+    registry = write_registry(
+        tmp_path / "clusters.json",
+        [
+            cluster_a.registry_entry(reviewer={"tokenFile": str(unknown)}),
+            cluster_b.registry_entry(reviewer={"tokenFile": str(tmp_path / "missing-token")}),
+        ],
+    )
+
+    code, out, err = run(capsys, "check-clusters", "--clusters-file", registry)
+
+    rows = check_lines(out)
+    assert code == 1
+    assert rows[cluster_a.name][0] == "FAIL" and "rejected the reviewer credentials (HTTP 401)" in rows[cluster_a.name][1]
+    assert rows[cluster_b.name][0] == "FAIL" and "cannot read reviewer tokenFile" in rows[cluster_b.name][1]
+    assert "not-a-reviewer-this-cluster-knows" not in out + err
+
+
+def test_check_clusters_fails_a_cluster_that_errors_or_hangs(tmp_path, cluster_a, cluster_b, capsys):
+    registry = write_registry(tmp_path / "clusters.json", [cluster_a.registry_entry(), cluster_b.registry_entry()])
+    cluster_a.server.set_fault("503")
+    cluster_b.server.set_fault("hang")
+
+    code, out, _ = run(capsys, "check-clusters", "--clusters-file", registry, "--timeout", "1")
+
+    rows = check_lines(out)
+    assert code == 1
+    assert rows[cluster_a.name][0] == "FAIL" and "HTTP 503" in rows[cluster_a.name][1]
+    assert rows[cluster_b.name][0] == "FAIL" and "no answer" in rows[cluster_b.name][1]
+
+
+def test_check_clusters_without_registry_checks_the_kubeconfig_context_as_default(tmp_path, cluster_a, cluster_b):
+    kubeconfig = cluster_a.server.write_kubeconfig(tmp_path / "kubeconfig", cluster_a.reviewer_token)
+
+    completed = run_process("check-clusters", KUBECONFIG=str(kubeconfig))
+
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    assert check_lines(completed.stdout) == {
+        "default": ("OK", f"{cluster_a.server.url}  reachable, CA verifies, reviewer may create tokenreviews")
+    }
+
+    # the same context, with another cluster's CA in the kubeconfig
+    config = yaml.safe_load(open(kubeconfig))
+    config["clusters"][0]["cluster"]["certificate-authority-data"] = cluster_b.server.ca_data
+    (tmp_path / "kubeconfig").write_text(yaml.safe_dump(config))
+    completed = run_process("check-clusters", KUBECONFIG=str(kubeconfig))
+    assert completed.returncode == 1
+    assert "FAIL  default" in completed.stdout and "the CA does not verify" in completed.stdout
