@@ -335,5 +335,6 @@ class KeyCache:
         return kid is not None and kid in self.keys().retired
 
     def _refetch(self) -> None:
+        started = self._clock()  # the age counts from before the read, so ttl bounds staleness strictly
         self._keys = self._store.fetch()
-        self._fetched_at = self._clock()
+        self._fetched_at = started

@@ -1,0 +1,339 @@
+"""Load across warm Lambda containers, with a key rotation in the middle.
+
+8 container processes (tests/fakes/lambda_container.py, each invoked through app.app(event,
+context) one request at a time, as Lambda does) share one moto server (Secrets Manager) and the
+two TLS fake API servers. 8 simulated users log in and refresh as the Dashboard frontend does on
+every page change; like API Gateway, each request goes to whichever container is idle, so a
+session's refreshes hop between containers. Every user keeps one long session open the whole
+run (a page change every LONG_PAGE_INTERVAL s) and meanwhile runs short sessions (a login, then
+REFRESHES_PER_SESSION refreshes). At ROTATE_AT the test process runs the four rotation steps
+(chalicelib.rotation.rotate_now) against the same secret; containers trust their key set for
+KEY_CACHE_TTL s, so they pick the new key up during the run.
+
+Asserted: no request fails (every login 200 with a jweToken, every refresh 200), no session is
+lost (each long session, alive across the rotation, keeps refreshing), tokens finished before the
+rotation carry the old kid, every token minted later than KEY_CACHE_TTL (+ slack) after the rotation
+carries the new kid, in every container. Reported: requests/s and p50/p99 of the handler time
+measured inside the containers, per operation and in total (also written to $LOAD_REPORT).
+"""
+from __future__ import annotations
+
+import base64
+import json
+import math
+import os
+import random
+import statistics
+import threading
+import time
+from dataclasses import dataclass, field
+
+import pytest
+
+from chalicelib import keys, rotation
+from tests.conftest import write_registry
+from tests.fakes.lambda_container import Container, ContainerError, close_all
+from tests.load.conftest import REPORTS
+
+pytestmark = pytest.mark.slow
+
+CONTAINERS = 8
+USERS = 8
+DURATION = 20.0  # seconds of load...
+MAX_REQUESTS_PER_CONTAINER = 5000  # ...or this many requests per container on average, whichever comes first
+ROTATE_AT = 8.0
+KEY_CACHE_TTL = 2
+# Beyond KEY_CACHE_TTL: a key-set fetch in flight when the rotation's last step lands is stamped when it
+# completes (three Secrets Manager calls, slow on a loaded 2-CPU box), so staleness is TTL + that fetch.
+PICKUP_SLACK = 3.0
+REFRESHES_PER_SESSION = 5
+LONG_PAGE_INTERVAL = 0.5
+CALL_TIMEOUT = 30.0
+LEAK_MARKERS = ("eyJ", "BEGIN RSA", "PRIVATE KEY", "Traceback")
+
+
+def kid_of(jwe_token: str) -> str | None:
+    protected = json.loads(jwe_token)["protected"]
+    return json.loads(base64.urlsafe_b64decode(protected + "=" * (-len(protected) % 4))).get("kid")
+
+
+def percentile(values: list[float], pct: float) -> float:
+    """Nearest-rank percentile."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(pct / 100 * len(ordered)) - 1)]
+
+
+@dataclass
+class Record:
+    op: str
+    user: int
+    session: int
+    container: int
+    sent: float  # seconds since the load started, parent clock
+    done: float
+    rtt_ms: float
+    ms: float | None  # handler time inside the container
+    status: int | None
+    ok: bool
+    kid_in: str | None = None
+    kid_out: str | None = None
+    detail: str = ""
+
+
+@dataclass
+class Session:
+    id: int
+    user: int
+    long: bool
+    route_cluster: str | None
+    sa_token: str
+    token: str = ""
+    logged_in_at: float = 0.0
+    refreshes: int = 0
+    lost: bool = False
+    next_page_at: float = 0.0
+    refreshed_at: list[float] = field(default_factory=list)
+
+
+class Router:
+    """API Gateway in front of Lambda: each request goes to an idle container, one request per container."""
+
+    def __init__(self, containers: list[Container], seed: int = 7):
+        self.containers = containers
+        self._idle = list(range(len(containers)))
+        self._cond = threading.Condition()
+        self._random = random.Random(seed)
+
+    def call(self, command: dict) -> tuple[int, dict]:
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._idle, timeout=CALL_TIMEOUT):
+                raise ContainerError(f"no container became idle within {CALL_TIMEOUT} s")
+            index = self._idle.pop(self._random.randrange(len(self._idle)))
+        try:
+            return index, self.containers[index].call(command, timeout=CALL_TIMEOUT)
+        finally:
+            with self._cond:
+                self._idle.append(index)
+                self._cond.notify()
+
+
+class LoadRun:
+    def __init__(self, router: Router, users: list[list[tuple[str | None, str]]]):
+        self.router = router
+        self.users = users  # per user: [(route cluster, ServiceAccount token), ...]
+        self.records: list[Record] = []
+        self.sessions: list[Session] = []
+        self.errors: list[str] = []
+        self.stop = threading.Event()
+        self.started = 0.0
+        self._lock = threading.Lock()
+        self._count = 0
+        self._max_requests = MAX_REQUESTS_PER_CONTAINER * len(router.containers)
+
+    def now(self) -> float:
+        return time.monotonic() - self.started
+
+    def _invoke(self, op: str, session: Session, command: dict) -> Record:
+        sent = self.now()
+        index, status, ms, body, detail = -1, None, None, None, ""
+        try:
+            index, answer = self.router.call(command)
+            status, ms, body = answer.get("status"), answer.get("ms"), answer.get("body")
+        except ContainerError as error:
+            detail = str(error)[:300]
+        done = self.now()
+        token = body.get("jweToken") if isinstance(body, dict) else None
+        ok = status == 200 and isinstance(token, str) and bool(token) and body.get("errors") == []
+        if not ok and not detail:
+            detail = f"{status}: {str(body)[:200]}"
+        record = Record(op, session.user, session.id, index, sent, done, (done - sent) * 1000, ms, status, ok,
+                        kid_in=kid_of(session.token) if op == "refresh" else None,
+                        kid_out=kid_of(token) if ok else None, detail=detail)
+        if ok:
+            session.token = token
+        with self._lock:
+            self.records.append(record)
+            self._count += 1
+            if self._count >= self._max_requests:
+                self.stop.set()
+        return record
+
+    def _login(self, user: int, long: bool, route_cluster: str | None, sa_token: str) -> Session:
+        with self._lock:
+            session = Session(len(self.sessions), user, long, route_cluster, sa_token)
+            self.sessions.append(session)
+        record = self._invoke("login", session, {"op": "login", "cluster": route_cluster, "token": sa_token})
+        session.logged_in_at = record.done
+        session.next_page_at = record.done + LONG_PAGE_INTERVAL
+        session.lost = not record.ok
+        return session
+
+    def _refresh(self, session: Session) -> None:
+        command = {"op": "refresh", "cluster": session.route_cluster, "jweToken": session.token}
+        record = self._invoke("refresh", session, command)
+        session.refreshes += 1
+        session.next_page_at = record.done + LONG_PAGE_INTERVAL
+        if record.ok:
+            session.refreshed_at.append(record.sent)
+        else:
+            session.lost = True
+
+    def user(self, user: int) -> None:
+        try:
+            identities = self.users[user]
+            rng = random.Random(1000 + user)
+            long = self._login(user, True, *identities[0])
+            short: Session | None = None
+            for _ in range(self._max_requests):  # bounded in count; the deadline ends it first
+                if self.stop.is_set():
+                    break
+                if long.lost:  # counted as lost; the user logs in again, as the frontend would send them to
+                    long = self._login(user, True, *identities[0])
+                elif self.now() >= long.next_page_at:
+                    self._refresh(long)
+                elif short is None or short.lost or short.refreshes >= REFRESHES_PER_SESSION:
+                    short = self._login(user, False, *rng.choice(identities))
+                else:
+                    self._refresh(short)
+        except Exception as error:  # noqa: BLE001 - reported and asserted on by the test
+            self.errors.append(f"user {user}: {type(error).__name__}: {error}")
+            self.stop.set()
+
+
+def stats_row(name: str, records: list[Record], seconds: float) -> str:
+    ms = [r.ms for r in records if r.ms is not None]
+    rtt = [r.rtt_ms for r in records]
+    failed = sum(not r.ok for r in records)
+    return (
+        f"{name:<9}{len(records):>9}{failed:>8}{len(records) / seconds:>9.1f}"
+        f"{percentile(ms, 50):>9.1f}{percentile(ms, 99):>9.1f}{max(ms, default=float('nan')):>9.1f}"
+        f"{percentile(rtt, 50):>10.1f}{percentile(rtt, 99):>10.1f}"
+    )
+
+
+def test_logins_and_refreshes_across_containers_survive_a_key_rotation(
+    moto_server, secrets_client, secret_id, healthy, cluster_a, cluster_b, tmp_path
+):
+    test_started = time.monotonic()
+    secrets_client.create_secret(Name=secret_id, SecretString=keys.new_secret_value())
+    old_kid = secrets_client.get_secret_value(SecretId=secret_id)["VersionId"]
+    registry = write_registry(
+        tmp_path / "clusters.json", [cluster_a.registry_entry(), cluster_b.registry_entry()], default=cluster_a.name
+    )
+    # Each user has a ServiceAccount in each cluster: the default cluster (no prefix) and the other one.
+    users = [
+        [(None, cluster_a.login_token(f"load-{u}", "viewer")),
+         (cluster_b.name, cluster_b.login_token(f"load-{u}", "viewer"))]
+        for u in range(USERS)
+    ]
+    env = {
+        "AWS_ENDPOINT_URL_SECRETS_MANAGER": moto_server.url,
+        "KEY_SECRET_ID": secret_id,
+        "CLUSTERS_FILE": registry,
+        "CSRF_ENFORCE": "false",
+        "KEY_CACHE_TTL": str(KEY_CACHE_TTL),
+        "REVIEW_INTERVAL": "5",  # long sessions are re-reviewed during the run too
+        "LOG_LEVEL": "INFO",
+    }
+    containers = [Container.start(env, max_seconds=300, name=f"load-{i}") for i in range(CONTAINERS)]
+    try:
+        for container in containers:
+            container.wait_ready(timeout=60)
+        # Warm-up (not measured): each container's first invocation builds its service and reads the
+        # key; a first login per cluster opens its kubernetes ApiClient (one TLS handshake).
+        cold_ms = [container.call({"op": "csrf", "action": "login"})["ms"] for container in containers]
+        for container in containers:
+            for route_cluster, sa_token in users[0]:
+                warm = container.call({"op": "login", "cluster": route_cluster, "token": sa_token})
+                assert warm["status"] == 200 and warm["body"]["jweToken"], warm.get("body")
+
+        run = LoadRun(Router(containers), users)
+        run.started = time.monotonic()
+        threads = [threading.Thread(target=run.user, args=(u,), name=f"user-{u}", daemon=True) for u in range(USERS)]
+        for thread in threads:
+            thread.start()
+
+        run.stop.wait(ROTATE_AT)
+        rotation_started = run.now()
+        new_kid = rotation.rotate_now(secrets_client, secret_id)
+        rotation_done = run.now()
+        run.stop.wait(max(0.0, DURATION - run.now()))
+        run.stop.set()
+        for thread in threads:
+            thread.join(timeout=CALL_TIMEOUT + 5)
+        assert not any(thread.is_alive() for thread in threads), "a user thread did not finish"
+        elapsed = max((r.done for r in run.records), default=1e-3)
+        logs = [container.log() for container in containers]
+    finally:
+        close_all(containers)
+
+    records, sessions_ = run.records, run.sessions
+    logins = [r for r in records if r.op == "login"]
+    refreshes = [r for r in records if r.op == "refresh"]
+    picked_up_after = KEY_CACHE_TTL + PICKUP_SLACK
+
+    # ---------------------------------------------------------------- the report
+    first_new = {}
+    for r in sorted(records, key=lambda r: r.done):
+        if r.kid_out == new_kid and r.container not in first_new:
+            first_new[r.container] = r.done - rotation_done
+    spanning = [s for s in sessions_ if s.logged_in_at < rotation_started and any(t > rotation_done for t in s.refreshed_at)]
+    in_flight = [s for s in sessions_ if not s.long and s.logged_in_at < rotation_done
+                 and any(t > rotation_started for t in s.refreshed_at)]
+    lost = [s for s in sessions_ if s.lost]
+    header = (f"{'op':<9}{'requests':>9}{'failed':>8}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}"
+              f"{'rtt p50':>10}{'rtt p99':>10}")
+    report = "\n".join([
+        f"load: {CONTAINERS} container processes, {USERS} users, {elapsed:.1f} s on {os.cpu_count()} CPUs, "
+        f"KEY_CACHE_TTL={KEY_CACHE_TTL} s",
+        f"  rotation at {rotation_started:.1f} s, took {(rotation_done - rotation_started) * 1000:.0f} ms; "
+        f"new kid minted by {len(first_new)}/{CONTAINERS} containers, the last "
+        f"{max(first_new.values(), default=float('nan')):.2f} s after it",
+        "  ms = handler time inside the container (app.app); rtt = round trip seen by the test process",
+        header,
+        stats_row("login", logins, elapsed),
+        stats_row("refresh", refreshes, elapsed),
+        stats_row("total", records, elapsed),
+        f"  sessions: {len(sessions_)} ({sum(s.long for s in sessions_)} long), {len(lost)} lost, "
+        f"{len(spanning)} spanned the rotation, {len(in_flight)} short ones were in flight during it;",
+        f"  refreshes of old-kid tokens answered with the new kid: "
+        f"{sum(r.op == 'refresh' and r.kid_in == old_kid and r.kid_out == new_kid for r in records)}, "
+        f"of new-kid tokens: {sum(r.op == 'refresh' and r.kid_in == new_kid for r in records)}",
+        f"  cold first invocation per container: median {statistics.median(cold_ms):.0f} ms, max {max(cold_ms):.0f} ms; "
+        f"test took {time.monotonic() - test_started:.1f} s",
+    ])
+    print("\n" + report)
+    REPORTS.append(report)
+    if os.environ.get("LOAD_REPORT"):
+        with open(os.environ["LOAD_REPORT"], "w", encoding="utf-8") as handle:
+            handle.write(report + "\n")
+
+    # ---------------------------------------------------------------- what must hold
+    assert not run.errors, run.errors
+    failures = [r for r in records if not r.ok]
+    assert not failures, f"{len(failures)} failed requests, e.g. " + "; ".join(
+        f"{r.op} at {r.sent:.2f} s in container {r.container}: {r.detail}" for r in failures[:5]
+    )
+    assert not lost, f"{len(lost)} sessions lost"
+    assert len(logins) > USERS and len(refreshes) > 5 * USERS, "the load never got going"
+    # every long session lived through the rotation, refreshing before it and with the new key after it
+    long_sessions = [s for s in sessions_ if s.long]
+    assert len(long_sessions) == USERS
+    assert len(spanning) >= USERS
+    for s in long_sessions:
+        assert any(t < rotation_started for t in s.refreshed_at), f"long session {s.id} not refreshed before"
+        assert any(t > rotation_done + picked_up_after for t in s.refreshed_at), f"long session {s.id} not after"
+        assert kid_of(s.token) == new_kid
+    # the kids: old before the rotation, new once KEY_CACHE_TTL has passed, in every container
+    assert {r.kid_out for r in records if r.done < rotation_started} == {old_kid}
+    late = [r for r in records if r.sent > rotation_done + picked_up_after]
+    assert late, "no load after the rotation was picked up"
+    stale = [r for r in late if r.kid_out != new_kid]
+    assert not stale, f"{len(stale)} tokens minted with the old key after KEY_CACHE_TTL, e.g. container {stale[0].container}"
+    assert {r.container for r in late} == set(range(CONTAINERS)), "some container served no load after the rotation"
+    assert set(first_new) == set(range(CONTAINERS))
+    for i, text in enumerate(logs):
+        for marker in LEAK_MARKERS:
+            assert marker not in text, f"container {i} logged {marker!r}"
