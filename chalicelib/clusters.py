@@ -165,7 +165,11 @@ def load_registry(clusters_file: str | None, base_dir: str) -> Registry:
 # ---------------------------------------------------------------- reviewer credentials
 
 class _ReviewerToken:
-    """The service's own bearer token for a cluster, re-read now and then so rotated tokens are picked up."""
+    """The service's own bearer token for a cluster, re-read now and then so rotated tokens are picked up.
+
+    A failed re-read keeps the token in hand (an outage of its store must not stop logins) and
+    waits REVIEWER_TOKEN_REREAD_SECONDS before trying again.
+    """
 
     def __init__(self, fetch: Callable[[], str]):
         self._fetch = fetch
@@ -174,7 +178,12 @@ class _ReviewerToken:
 
     def get(self) -> str:
         if self._token is None or time.monotonic() - self._fetched_at > REVIEWER_TOKEN_REREAD_SECONDS:
-            self._token = self._fetch().strip()
+            try:
+                self._token = self._fetch().strip()
+            except ClusterUnavailable as error:
+                if self._token is None:
+                    raise
+                logger.warning("keeping the reviewer token in hand: %s", error)
             self._fetched_at = time.monotonic()
         return self._token
 

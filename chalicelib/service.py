@@ -173,8 +173,8 @@ def new_secrets_manager():
     import boto3
     from botocore.config import Config
 
-    # Worst case 3 x (2 + 3) s: an outage answers 503 well inside API Gateway's 29 s.
-    config = Config(retries={"mode": "standard", "max_attempts": 3}, connect_timeout=2, read_timeout=3)
+    # Worst case 3 attempts x (2 + 3) s plus backoff: an outage answers 503 inside API Gateway's 29 s.
+    config = Config(retries={"mode": "standard", "total_max_attempts": 3}, connect_timeout=2, read_timeout=3)
     return boto3.client("secretsmanager", config=config)
 
 
