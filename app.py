@@ -34,6 +34,8 @@ def cross_origin(event, get_response):
     origin, allowed = event.headers.get("origin"), settings.current().cors_allowed_origins
     if event.method == "OPTIONS":
         return cors.preflight(origin, allowed)
+    if event.method == "POST" and not dashboard.is_json_request(event.headers.get("content-type")):
+        return cors.decorate(dashboard.unsupported_media_type(), origin, allowed)
     return cors.decorate(get_response(event), origin, allowed)
 
 

@@ -54,13 +54,45 @@ class LoginSpec:
 
 # ---------------------------------------------------------------- request bodies
 
+class _DuplicateMember(Exception):
+    pass
+
+
+def _unique_members(pairs: list[tuple[str, object]]) -> dict:
+    """One value per member: a proxy reading the first copy must see the request we act on."""
+    seen: dict = {}
+    for name, value in pairs:
+        if name in seen:
+            raise _DuplicateMember(name[:64])
+        seen[name] = value
+    return seen
+
+
+def is_json_request(content_type: str | None) -> bool:
+    """application/json (parameters allowed), or no type at all; never a list of types.
+
+    Chalice alone would take "text/plain; application/json", a type a browser sends across
+    origins without a preflight.
+    """
+    if content_type is None:
+        return True
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    return media_type == "application/json" and "," not in content_type
+
+
+def unsupported_media_type() -> Response:
+    return text_error(415, "Send the body as Content-Type: application/json.")
+
+
 def _json_object(raw_body: bytes | None) -> dict:
     if raw_body is not None and len(raw_body) > MAX_BODY_BYTES:
         raise BodyTooLarge()
     if not raw_body:
         raise BadRequest("The request body is empty; send a JSON object.")
     try:
-        document = json.loads(raw_body.decode("utf-8"))
+        document = json.loads(raw_body.decode("utf-8"), object_pairs_hook=_unique_members)
+    except _DuplicateMember as duplicate:
+        raise BadRequest(f'The request body names "{duplicate}" twice.') from None
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise BadRequest("The request body is not valid JSON.") from None
     if not isinstance(document, dict):
@@ -73,7 +105,8 @@ def _token_from_kubeconfig(text: str) -> str:
 
     try:
         config = yaml.safe_load(text)
-    except (yaml.YAMLError, RecursionError):
+    except (yaml.YAMLError, RecursionError, ValueError, TypeError, AttributeError, KeyError):
+        # PyYAML's constructors raise plain Python errors on values such as "2001-02-30"
         raise BadRequest("kubeconfig is not valid YAML.") from None
     if not isinstance(config, dict):
         raise BadRequest("kubeconfig must be a YAML mapping.")

@@ -72,8 +72,8 @@ class Service:
             raise sessions.InvalidToken()
         token = self._open(envelope)
         claims, now = envelope.claims, self._clock()
-        if claims.issued_at > now + CLOCK_SKEW:
-            raise sessions.InvalidToken()
+        if max(claims.issued_at, claims.auth_time) > now + CLOCK_SKEW:
+            raise sessions.InvalidToken()  # we never seal times from the future
         if self._past_limits(cluster, claims, token, now):
             raise sessions.SessionExpired()
         reviewed_at = claims.reviewed_at

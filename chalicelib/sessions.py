@@ -69,7 +69,7 @@ def parse_time(text: object) -> datetime:
         raise InvalidToken()
     try:
         return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(timezone.utc)
-    except ValueError:
+    except (ValueError, OverflowError):  # out of datetime's range once moved to UTC
         raise InvalidToken() from None
 
 
