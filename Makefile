@@ -57,6 +57,7 @@ package: install
 	find chalicelib -name __pycache__ -type d -prune -exec rm -rf {} +
 	rm -rf $(BUILD)
 	$(CHALICE) package --stage $(STAGE) --merge-template .chalice/merge-$(STAGE).json $(BUILD)
+	$(PYTHON) scripts/slim_package.py $(BUILD)/deployment.zip
 	@ls -l $(BUILD)
 
 lint-cfn: package

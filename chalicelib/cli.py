@@ -251,7 +251,7 @@ def _key_source(args) -> tuple[str, str, str]:
         except OSError as error:
             raise CommandFailed(f"cannot read key file {key_file}: {error.strerror}") from None
         try:
-            kid = "file-" + keys.parse_secret_value("file", text).public.thumbprint()[:16]  # as FileKeyStore
+            kid = "file-" + keys.parse_secret_value("file", text).fingerprint()[:16]  # as FileKeyStore
         except keys.UnusableKey as why:
             raise CommandFailed(f"key file {key_file} holds no usable key: {why}") from None
         return text, kid, f"key file {key_file}"

@@ -245,26 +245,35 @@ class Reviewer:
         self._secrets_client = secrets_client
 
     def review(self, cluster: Cluster, token: str) -> ServiceAccount:
-        from kubernetes.client import AuthenticationV1Api, V1TokenReview, V1TokenReviewSpec
+        from kubernetes.client import AuthenticationV1Api
         from kubernetes.client.exceptions import ApiException
         from urllib3.exceptions import HTTPError
 
-        body = V1TokenReview(spec=V1TokenReviewSpec(token=token, audiences=list(cluster.audiences) or None))
+        spec = {"token": token, **({"audiences": list(cluster.audiences)} if cluster.audiences else {})}
+        body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": spec}
         try:
+            # The raw answer: the client's model validation costs more than the request itself.
             answer = AuthenticationV1Api(self._client(cluster)).create_token_review(
-                body, _request_timeout=(self._timeout, self._timeout)
+                body, _preload_content=False, _request_timeout=(self._timeout, self._timeout)
             )
+            status, data = answer.status, answer.data
         except ApiException as error:
-            # str(error) would include the response body, which echoes the token: log the status only.
-            if error.status in (401, 403):
-                raise ClusterUnavailable(
-                    f"cluster {cluster.name} refused the service's reviewer credentials (HTTP {error.status}); "
-                    "the reviewer needs `create` on tokenreviews.authentication.k8s.io"
-                ) from None
-            raise ClusterUnavailable(f"cluster {cluster.name} answered HTTP {error.status} to TokenReview") from None
+            status, data = error.status, b""
         except (HTTPError, OSError) as error:
             raise ClusterUnavailable(f"cluster {cluster.name} unreachable: {type(error).__name__}") from None
-        return _service_account(cluster, answer.status)
+        # Never log `data`: a TokenReview answer echoes the token under review.
+        if status in (401, 403):
+            raise ClusterUnavailable(
+                f"cluster {cluster.name} refused the service's reviewer credentials (HTTP {status}); "
+                "the reviewer needs `create` on tokenreviews.authentication.k8s.io"
+            )
+        if not 200 <= (status or 0) < 300:
+            raise ClusterUnavailable(f"cluster {cluster.name} answered HTTP {status} to TokenReview")
+        try:
+            review = json.loads(data)
+        except ValueError:
+            raise ClusterUnavailable(f"cluster {cluster.name} answered TokenReview with something not JSON") from None
+        return _service_account(cluster, review.get("status") if isinstance(review, dict) else None)
 
     def client_for(self, cluster: Cluster):
         """The cluster's long-lived ApiClient with the reviewer's credentials (built on first use)."""
@@ -312,12 +321,17 @@ class Reviewer:
         return _eks_reader(value["clusterName"], value["region"])
 
 
-def _service_account(cluster: Cluster, status) -> ServiceAccount:
-    if status is None or not status.authenticated or status.user is None:
+def _service_account(cluster: Cluster, status: object) -> ServiceAccount:
+    """Who the cluster says the token is: only an authenticated ServiceAccount passes."""
+    if not isinstance(status, dict) or status.get("authenticated") is not True:
         raise NotAuthenticated()
-    match = _SERVICE_ACCOUNT.fullmatch(status.user.username or "")
+    user = status.get("user")
+    username = user.get("username") if isinstance(user, dict) else None
+    match = _SERVICE_ACCOUNT.fullmatch(username) if isinstance(username, str) else None
     if match is None:
         raise NotAuthenticated()  # a person or a node, not a ServiceAccount
-    if cluster.audiences and not set(status.audiences or ()) & set(cluster.audiences):
+    audiences = status.get("audiences")
+    audiences = audiences if isinstance(audiences, list) else []
+    if cluster.audiences and not set(a for a in audiences if isinstance(a, str)) & set(cluster.audiences):
         raise NotAuthenticated()
     return ServiceAccount(namespace=match["namespace"], name=match["name"])

@@ -25,14 +25,14 @@ import uuid
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from jwcrypto import jwk
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 logger = logging.getLogger(__name__)
 
 KEY_BITS = 2048  # the Dashboard's size; tokens stay small enough for a header
 _PUBLIC_LABEL = "RSA PUBLIC KEY"  # the Dashboard's label for a PKIX key; kept for compatibility
+_PROBE_PADDING = padding.OAEP(mgf=padding.MGF1(algorithm=hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
 _BOOTSTRAP_NAMESPACE = uuid.UUID("6f1d8a52-3c0e-4b5e-9a51-4d1f3e0b7c21")
 UNKNOWN_KID_REFETCH_INTERVAL = 5.0
 RETRY_AFTER_FAILURE = 10.0
@@ -57,9 +57,14 @@ class KeyNotConfigured(KeyStoreUnavailable):
 @dataclass(frozen=True)
 class SessionKey:
     kid: str
-    private: jwk.JWK
-    public: jwk.JWK
+    private: rsa.RSAPrivateKey
+    public: rsa.RSAPublicKey
     csrf_secret: str
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the public key (SPKI DER), hex: names a key without revealing it."""
+        der = self.public.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        return hashlib.sha256(der).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -76,7 +81,7 @@ class KeySet:
 
 
 class KeyStore(Protocol):
-    def fetch(self) -> KeySet: ...
+    def fetch(self, with_retired: bool = False) -> KeySet: ...
 
 
 def new_secret_value() -> str:
@@ -112,7 +117,11 @@ def parse_secret_value(kid: str, text: str | None) -> SessionKey:
     if not isinstance(fields, dict) or not all(isinstance(fields.get(k), str) for k in ("priv", "pub")):
         raise UnusableKey("the value lacks priv/pub strings")
     try:
-        private_key = serialization.load_pem_private_key(fields["priv"].encode(), password=None)
+        # OpenSSL's full RSA check costs tens of ms per key per cold start; the pair check and the
+        # round trip below prove what matters here: this pair seals and opens.
+        private_key = serialization.load_pem_private_key(
+            fields["priv"].encode(), password=None, unsafe_skip_rsa_key_validation=True
+        )
         public_key = _load_public_pem(fields["pub"])
     except (ValueError, TypeError) as error:
         raise UnusableKey(f"the PEM does not load ({type(error).__name__})") from None
@@ -122,16 +131,18 @@ def parse_secret_value(kid: str, text: str | None) -> SessionKey:
         public_key.public_numbers() != private_key.public_key().public_numbers()
     ):
         raise UnusableKey("pub does not match priv")
+    probe = secrets.token_bytes(32)
+    try:
+        opened = private_key.decrypt(public_key.encrypt(probe, _PROBE_PADDING), _PROBE_PADDING)
+    except ValueError:
+        opened = None
+    if opened != probe:
+        raise UnusableKey("priv does not open what pub seals")
     # A key written by the Dashboard has no csrf member; derive one so CSRF still works.
     csrf = fields.get("csrf")
     if not isinstance(csrf, str) or len(csrf) < 32:
         csrf = base64.b64encode(hmac.new(fields["priv"].encode(), b"csrf", hashlib.sha256).digest()).decode()
-    return SessionKey(
-        kid=kid,
-        private=jwk.JWK.from_pyca(private_key),
-        public=jwk.JWK.from_pyca(private_key.public_key()),
-        csrf_secret=csrf,
-    )
+    return SessionKey(kid=kid, private=private_key, public=private_key.public_key(), csrf_secret=csrf)
 
 
 class SecretsManagerKeyStore:
@@ -141,18 +152,19 @@ class SecretsManagerKeyStore:
         self._secret_id = secret_id
         self._client_factory = client_factory
 
-    def fetch(self) -> KeySet:
+    def fetch(self, with_retired: bool = False) -> KeySet:
+        """Current and previous keys; with_retired also lists the versions rotated out (one more call)."""
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
-            return self._fetch_or_bootstrap()
+            return self._fetch_or_bootstrap(with_retired)
         except ClientError as error:
             code = error.response.get("Error", {}).get("Code", "unknown")
             raise KeyStoreUnavailable(f"Secrets Manager refused {self._secret_id!r}: {code}") from None
         except BotoCoreError as error:
             raise KeyStoreUnavailable(f"Secrets Manager unreachable: {type(error).__name__}") from None
 
-    def _fetch_or_bootstrap(self) -> KeySet:
+    def _fetch_or_bootstrap(self, with_retired: bool) -> KeySet:
         for _ in range(4):
             version_id, text = self._read("AWSCURRENT")
             if version_id is None:
@@ -165,7 +177,8 @@ class SecretsManagerKeyStore:
                 self._write_key(replacing=version_id)
                 continue
             previous = self._read_previous()
-            return KeySet(current=current, previous=previous, retired=self._retired_versions(current, previous))
+            retired = self._retired_versions(current, previous) if with_retired else frozenset()
+            return KeySet(current=current, previous=previous, retired=retired)
         raise KeyStoreUnavailable("no usable key settled in the secret after several attempts")
 
     def _retired_versions(self, current: SessionKey, previous: SessionKey | None) -> frozenset[str]:
@@ -238,7 +251,7 @@ class FileKeyStore:
     def __init__(self, path: str):
         self._path = path
 
-    def fetch(self) -> KeySet:
+    def fetch(self, with_retired: bool = False) -> KeySet:
         try:
             with open(self._path, encoding="utf-8") as handle:
                 text = handle.read()
@@ -250,7 +263,7 @@ class FileKeyStore:
             provisional = parse_secret_value("file", text)
         except UnusableKey as why:
             raise KeyStoreUnavailable(f"KEY_FILE {self._path} holds no usable key: {why}") from None
-        kid = "file-" + provisional.public.thumbprint()[:16]
+        kid = "file-" + provisional.fingerprint()[:16]
         return KeySet(current=SessionKey(kid, provisional.private, provisional.public, provisional.csrf_secret))
 
     def _create(self) -> str:
@@ -327,14 +340,16 @@ class KeyCache:
                     # nobody out, and costs Secrets Manager nothing.
                     raise KeyRefetchDeferred(f"unknown kid; the key set was refetched under {UNKNOWN_KID_REFETCH_INTERVAL:.0f} s ago")
                 self._unknown_kid_fetch_at = now
-                self._refetch()
+                self._refetch(with_retired=True)  # so that a rotated-out kid can be told from a forged one
                 key = self._keys.by_kid(kid)
         return [key] if key is not None else []
 
     def is_retired(self, kid: str | None) -> bool:
-        return kid is not None and kid in self.keys().retired
+        """Whether the set that `candidates` last fetched lists this kid as rotated out (no refetch)."""
+        with self._lock:
+            return kid is not None and self._keys is not None and kid in self._keys.retired
 
-    def _refetch(self) -> None:
+    def _refetch(self, with_retired: bool = False) -> None:
         started = self._clock()  # the age counts from before the read, so ttl bounds staleness strictly
-        self._keys = self._store.fetch()
+        self._keys = self._store.fetch(with_retired=with_retired)
         self._fetched_at = started

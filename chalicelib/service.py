@@ -187,7 +187,7 @@ def key_store(settings: Settings):
 
 
 class _NoKeyStore:
-    def fetch(self):
+    def fetch(self, with_retired: bool = False):
         raise KeyNotConfigured("no key is configured: set KEY_SECRET_ID (Secrets Manager) or KEY_FILE (local file)")
 
 

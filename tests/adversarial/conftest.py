@@ -103,7 +103,7 @@ def serialize(members: dict) -> str:
 
 def jwcrypto_token(
     plaintext: bytes,
-    key: jwk.JWK,
+    key: jwk.JWK | rsa.RSAPublicKey,
     protected: dict | None,
     aad: bytes | None,
     unprotected: dict | None = None,
@@ -111,6 +111,8 @@ def jwcrypto_token(
     compact: bool = False,
 ) -> str:
     """A token made by a real JOSE library (jwcrypto), any algorithms allowed."""
+    if not isinstance(key, jwk.JWK):
+        key = jwk.JWK.from_pyca(key)  # the service's key is a `cryptography` object
     algs = [n for n in jwa.JWA.algorithms_registry if jwa.JWA.algorithms_registry[n].algorithm_use in ("kex", "enc")]
     token = jwe.JWE(
         plaintext,
@@ -123,8 +125,10 @@ def jwcrypto_token(
     return token.serialize(compact=compact)
 
 
-def lenient_open(text: str, private: jwk.JWK) -> bytes:
+def lenient_open(text: str, private: jwk.JWK | rsa.RSAPrivateKey) -> bytes:
     """What a JOSE library that trusts the token's headers would decrypt (any algorithm, any placement)."""
+    if not isinstance(private, jwk.JWK):
+        private = jwk.JWK.from_pyca(private)  # the service's key is a `cryptography` object
     algs = [n for n in jwa.JWA.algorithms_registry if jwa.JWA.algorithms_registry[n].algorithm_use in ("kex", "enc")]
     token = jwe.JWE(algs=algs)
     token.deserialize(text, private)
@@ -284,9 +288,14 @@ def service(adversary_world, monkeypatch, secrets_client, healthy) -> Harness:
 class CryptoCounter:
     """Counts what a request costs in private-key cryptography.
 
-    - decrypt: calls of chalicelib.sessions.decrypt (the service's only way into jwcrypto's JWE decryption);
-    - unwraps: jwcrypto key-management unwraps of any algorithm (RSA, AES-KW, ECDH-ES, PBES2, dir);
-    - rsa: RSA private-key decryptions actually performed by `cryptography` on behalf of jwcrypto.
+    - decrypt: calls of chalicelib.sessions.decrypt (the service's only way to open a token);
+    - unwraps: jwcrypto key-management unwraps of any algorithm (RSA, AES-KW, ECDH-ES, PBES2, dir).
+      The service opens tokens with `cryptography` alone, so a request must never get here (a valid
+      refresh counts 0, and no hostile request may cost more): a general JOSE library's algorithm zoo
+      is what the strict envelope keeps out, and any count is a regression;
+    - rsa: RSA private-key decryptions actually performed by `cryptography` with a key the service
+      handed to sessions.decrypt (a `cryptography` key object cannot be patched, so sessions.decrypt
+      gets a counting proxy of it).
     """
 
     def __init__(self):
@@ -317,21 +326,11 @@ def crypto(monkeypatch) -> CryptoCounter:
 
     real_decrypt = sessions.decrypt
 
-    def decrypt(*args, **kwargs):
+    def decrypt(envelope, private_key, *args, **kwargs):
         counter.decrypt += 1
-        return real_decrypt(*args, **kwargs)
+        return real_decrypt(envelope, _CountingRsaKey(private_key, counter), *args, **kwargs)
 
     monkeypatch.setattr(sessions, "decrypt", decrypt)
-
-    real_get_op_key = jwk.JWK.get_op_key
-
-    def get_op_key(self, operation=None, arg=None):
-        key = real_get_op_key(self, operation, arg)
-        if operation in ("unwrapKey", "decrypt") and isinstance(key, rsa.RSAPrivateKey):
-            return _CountingRsaKey(key, counter)
-        return key
-
-    monkeypatch.setattr(jwk.JWK, "get_op_key", get_op_key)
 
     # _Rsa15.unwrap goes through _RSA.unwrap, so RSA1_5 is counted once.
     for cls in (jwa._RSA, jwa._AesKw, jwa._AesGcmKw, jwa._Pbes2HsAesKw, jwa._Direct, jwa._EcdhEs):

@@ -128,8 +128,8 @@ def test_rotate_moves_awscurrent_and_awsprevious(moto_server, secrets_client, se
     assert second != first and labels["AWSPREVIOUS"] == first
     assert rotated.stdout.splitlines()[0] == f"rotated {secret_id}: {first} -> {second}"
     second_value = stored(secrets_client, secret_id)[1]
-    assert keys.parse_secret_value(second, second_value).public.thumbprint() != (
-        keys.parse_secret_value(first, first_value).public.thumbprint()
+    assert keys.parse_secret_value(second, second_value).fingerprint() != (
+        keys.parse_secret_value(first, first_value).fingerprint()
     )
     assert stored(secrets_client, secret_id, "AWSPREVIOUS") == (first, first_value)
     assert_no_key_material(rotated.stdout + rotated.stderr, first_value, second_value)

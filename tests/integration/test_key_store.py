@@ -35,7 +35,7 @@ def test_cold_containers_racing_to_bootstrap_agree_on_one_key(moto_server, secre
 
     assert len(results) == 8
     assert len({key.kid for key in results}) == 1
-    assert len({key.public.thumbprint() for key in results}) == 1
+    assert len({key.fingerprint() for key in results}) == 1
     current = secrets_client.get_secret_value(SecretId=secret_id)
     assert current["VersionId"] == results[0].kid
 

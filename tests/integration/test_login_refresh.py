@@ -272,7 +272,7 @@ def test_unknown_cluster_is_404_on_every_route(frontend, client, cluster_a):
 
 def _dashboard_style_token(key: keys.SessionKey, service_account_token: str, issued: datetime) -> str:
     """What a Dashboard v2 backend holding our key mints: no kid, AAD with only iat and exp."""
-    from jwcrypto import jwe
+    from jwcrypto import jwe, jwk
 
     aad = json.dumps(
         {"exp": sessions.format_time(issued + timedelta(minutes=15)), "iat": sessions.format_time(issued)},
@@ -283,7 +283,7 @@ def _dashboard_style_token(key: keys.SessionKey, service_account_token: str, iss
         protected=json.dumps({"alg": "RSA-OAEP-256", "enc": "A256GCM"}),
         aad=aad.encode(),
     )
-    token.add_recipient(key.public)
+    token.add_recipient(jwk.JWK.from_pyca(key.public))
     return token.serialize()
 
 

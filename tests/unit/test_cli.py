@@ -179,14 +179,14 @@ def test_decode_a_dashboard_minted_token_without_kid_cluster_or_session_times(ca
     token = mint(session_key, kid=None, cluster=None, expires_at=None, auth_time=moment - timedelta(seconds=30),
                  reviewed_at=None)
     # A Dashboard AAD has only iat (and exp): rebuild it without auth_time, re-sealed properly.
-    from jwcrypto import jwe
+    from jwcrypto import jwe, jwk
 
     sealed = jwe.JWE(
         plaintext=json.dumps({"token": SA_TOKEN}).encode(),
         protected=json.dumps({"alg": "RSA-OAEP-256", "enc": "A256GCM"}),
         aad=json.dumps({"iat": sessions.format_time(moment)}).encode(),
     )
-    sealed.add_recipient(session_key.public)
+    sealed.add_recipient(jwk.JWK.from_pyca(session_key.public))
     dashboard_token = sealed.serialize()
 
     for candidate in (token, dashboard_token):
@@ -278,6 +278,7 @@ def test_manifest_from_a_key_file(capsys, tmp_path, secret_value):
     assert code == 0
     document = check_manifest(out, secret_value, namespace="dashboards")
     assert document["metadata"]["annotations"]["dashboard-auth/kid"].startswith("file-")
+    assert document["metadata"]["annotations"]["dashboard-auth/kid"] == keys.FileKeyStore(key_file).fetch().current.kid
     assert "warning" in err and "secret" in err.lower()
     assert "BEGIN" not in err and json.loads(secret_value)["csrf"] not in out  # csrf is not the Dashboard's
 

@@ -5,6 +5,8 @@ SecretsManagerKeyStore is tested elsewhere against a real moto server.
 from __future__ import annotations
 
 import base64
+import dataclasses
+import hashlib
 import json
 import stat
 import textwrap
@@ -136,7 +138,19 @@ def test_parse_round_trips_to_a_working_key(value, key_a):
 
 def test_parsed_private_and_public_belong_to_the_stored_key(value, key_a):
     stored = private_of(value)
-    assert key_a.public.get_op_key("encrypt").public_numbers() == stored.public_key().public_numbers()
+    assert isinstance(key_a.private, rsa.RSAPrivateKey) and isinstance(key_a.public, rsa.RSAPublicKey)
+    assert key_a.public.public_numbers() == stored.public_key().public_numbers()
+    assert key_a.private.private_numbers() == stored.private_numbers()
+
+
+def test_fingerprint_is_the_sha256_of_the_public_spki_der(value, key_a, key_b):
+    der = private_of(value).public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    assert key_a.fingerprint() == hashlib.sha256(der).hexdigest()
+    assert key_a.fingerprint() != key_b.fingerprint()
+    # Names the key, not the version: the same key under another kid has the same fingerprint.
+    assert keys.parse_secret_value("other-kid", value).fingerprint() == key_a.fingerprint()
 
 
 def test_a_dashboard_written_value_without_csrf_parses(value):
@@ -255,7 +269,8 @@ def test_file_store_creates_a_private_key_file_once(tmp_path):
     second = FileKeyStore(str(path)).fetch()  # a new process, same file
     assert path.read_bytes() == content
     assert second.current.kid == first.current.kid
-    assert second.current.public.thumbprint() == first.current.public.thumbprint()
+    assert second.current.fingerprint() == first.current.fingerprint()
+    assert first.current.kid == "file-" + first.current.fingerprint()[:16]
     assert second.current.csrf_secret == first.current.csrf_secret
     # A token sealed by the first instance opens with the second's key.
     claims = sessions.Claims(NOW, None, None, NOW, None)
@@ -267,7 +282,7 @@ def test_file_stores_on_different_files_have_different_keys_and_kids(tmp_path):
     a = FileKeyStore(str(tmp_path / "a.json")).fetch().current
     b = FileKeyStore(str(tmp_path / "b.json")).fetch().current
     assert a.kid != b.kid
-    assert a.public.thumbprint() != b.public.thumbprint()
+    assert a.fingerprint() != b.fingerprint()
 
 
 def test_file_store_uses_an_existing_dashboard_key(tmp_path, value):
@@ -275,7 +290,8 @@ def test_file_store_uses_an_existing_dashboard_key(tmp_path, value):
     written = dashboard_value(private_of(value))
     path.write_text(written)
     key = FileKeyStore(str(path)).fetch().current
-    assert key.public.get_op_key("encrypt").public_numbers() == private_of(value).public_key().public_numbers()
+    assert key.public.public_numbers() == private_of(value).public_key().public_numbers()
+    assert key.kid == "file-" + key.fingerprint()[:16]
     assert path.read_text() == written
 
 
@@ -317,15 +333,18 @@ class Clock:
 
 
 class CountingStore:
-    """Stands in for Secrets Manager; `keys` is what it would return now."""
+    """Stands in for Secrets Manager; `keys` is what it would return now (its retired versions, as
+    SecretsManagerKeyStore does, only when asked for them: that costs Secrets Manager another call)."""
 
     def __init__(self, key_set: KeySet):
         self.keys = key_set
         self.fetches = 0
+        self.with_retired: list[bool] = []  # per fetch: was the list of retired versions asked for?
 
-    def fetch(self) -> KeySet:
+    def fetch(self, with_retired: bool = False) -> KeySet:
         self.fetches += 1
-        return self.keys
+        self.with_retired.append(with_retired)
+        return self.keys if with_retired else dataclasses.replace(self.keys, retired=frozenset())
 
 
 def test_cache_fetches_once_within_ttl(key_a):
@@ -399,6 +418,21 @@ def test_unknown_kids_refetch_at_most_once_per_interval(key_a):
     answers = [candidates_or_deferred(cache, f"more-{i}") for i in range(50)]
     assert answers[0] == [] and set(answers[1:]) == {"deferred"}
     assert store.fetches == 3
+    assert store.with_retired == [False, True, True]  # only the unknown-kid refetches list retired versions
+
+
+def test_a_retired_kid_is_told_from_a_forged_one_after_the_unknown_kid_refetch(key_a, key_b):
+    store, clock = CountingStore(KeySet(current=key_b, previous=key_a, retired=frozenset({"v0"}))), Clock()
+    cache = KeyCache(store, ttl=300, clock=clock)
+    assert cache.keys().retired == frozenset()  # a regular fetch does not pay for the version list
+    clock.now += 300
+    cache.keys()
+    assert store.with_retired == [False, False]
+
+    assert cache.candidates("v0") == []
+    assert store.with_retired == [False, False, True]
+    assert cache.is_retired("v0")
+    assert not cache.is_retired("forged") and not cache.is_retired(None) and not cache.is_retired("v1")
 
 
 def test_an_unknown_kid_right_after_a_regular_fetch_still_refetches_once(key_a):
@@ -437,7 +471,7 @@ def test_a_warm_cache_serves_its_keys_through_an_outage_for_the_grace_period(key
         def __init__(self):
             self.up, self.fetches = True, 0
 
-        def fetch(self):
+        def fetch(self, with_retired=False):
             self.fetches += 1
             if not self.up:
                 raise KeyStoreUnavailable("Secrets Manager unreachable: EndpointConnectionError")
@@ -468,8 +502,25 @@ def test_a_warm_cache_serves_its_keys_through_an_outage_for_the_grace_period(key
 
 def test_a_failing_store_surfaces_as_unavailable(key_a):
     class Failing:
-        def fetch(self):
+        def fetch(self, with_retired=False):
             raise KeyStoreUnavailable("Secrets Manager unreachable: EndpointConnectionError")
 
     with pytest.raises(KeyStoreUnavailable):
         KeyCache(Failing(), ttl=300, clock=Clock()).keys()
+
+
+def test_a_private_key_with_corrupted_crt_values_is_unusable_not_silently_accepted():
+    """Keys load without OpenSSL's slow full check; the round trip must still refuse a broken one."""
+    from cryptography.hazmat.primitives.asymmetric import rsa as rsa_primitives
+
+    value = json.loads(keys.new_secret_value())
+    numbers = serialization.load_pem_private_key(value["priv"].encode(), None).private_numbers()
+    broken = rsa_primitives.RSAPrivateNumbers(
+        numbers.p, numbers.q, numbers.d ^ 2, numbers.dmp1 ^ 2, numbers.dmq1, numbers.iqmp, numbers.public_numbers
+    ).private_key(unsafe_skip_rsa_key_validation=True)
+    value["priv"] = broken.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
+    ).decode()
+
+    with pytest.raises(UnusableKey, match="does not open"):
+        keys.parse_secret_value("v1", json.dumps(value))

@@ -115,7 +115,7 @@ def good_aad(**overrides) -> bytes:
 GOOD_HEADER = b'{"alg":"RSA-OAEP-256","enc":"A256GCM","kid":"v1"}'
 
 
-def rejected(text, private: jwk.JWK) -> bool:
+def rejected(text, private: rsa.RSAPrivateKey) -> bool:
     """True when the token is refused with InvalidToken at parse or at decrypt (any other outcome fails)."""
     try:
         envelope = sessions.parse(text)
@@ -147,13 +147,21 @@ def other_rsa_key() -> rsa.RSAPrivateKey:
 
 
 @pytest.fixture(scope="module")
-def private(rsa_key) -> jwk.JWK:
-    return jwk.JWK.from_pyca(rsa_key)
+def private(rsa_key) -> rsa.RSAPrivateKey:
+    """The key as the service holds it (chalicelib.keys.SessionKey.private)."""
+    return rsa_key
 
 
 @pytest.fixture(scope="module")
-def public(rsa_key) -> jwk.JWK:
-    return jwk.JWK.from_pyca(rsa_key.public_key())
+def public(rsa_key) -> rsa.RSAPublicKey:
+    """The key as the service seals with it (chalicelib.keys.SessionKey.public)."""
+    return rsa_key.public_key()
+
+
+@pytest.fixture(scope="module")
+def private_jwk(rsa_key) -> jwk.JWK:
+    """The same private key for jwcrypto, the independent JOSE implementation."""
+    return jwk.JWK.from_pyca(rsa_key)
 
 
 @pytest.fixture(scope="module")
@@ -269,6 +277,38 @@ def test_rfc7516_aead_covers_protected_and_aad_as_ascii(rsa_key, minted):
         AESGCM(cek).decrypt(
             unb64u(doc["iv"]), unb64u(doc["ciphertext"]) + unb64u(doc["tag"]), unb64u(doc["aad"])
         )
+
+
+@pytest.mark.parametrize(
+    "kid, overrides",
+    [
+        ("v1", {}),
+        (None, {}),  # no kid: what a Dashboard v2 backend would mint with our key
+        ("v1", {"expires_at": None, "cluster": None, "reviewed_at": None}),
+    ],
+    ids=["full", "no-kid", "only-iat-and-auth_time"],
+)
+def test_a_token_we_mint_opens_with_jwcrypto(private_jwk, public, sa_token, kid, overrides):
+    # An independent JOSE implementation, held to the one algorithm pair, opens what we mint and
+    # reads the same protected header and AAD.
+    text = sessions.mint(sa_token, claims(**overrides), public, kid)
+    token = jwe.JWE(algs=["RSA-OAEP-256", "A256GCM"])
+    token.deserialize(text, private_jwk)
+    assert json.loads(token.payload) == {"token": sa_token}
+    expected_header = {"alg": "RSA-OAEP-256", "enc": "A256GCM", **({"kid": kid} if kid else {})}
+    assert token.jose_header == expected_header
+    assert token.objects["aad"] == unb64u(json.loads(text)["aad"])
+    assert sessions.parse(text).claims == claims(**overrides)
+
+
+def test_minted_token_is_serialized_as_go_jose_writes_it(minted):
+    # go-jose's FullSerialize: struct member order (not jwcrypto's sorted keys), compact, no extras;
+    # the protected header and the AAD as Go's encoding/json writes a map: sorted, compact.
+    document = json.loads(minted)
+    assert list(document) == ["protected", "aad", "encrypted_key", "iv", "ciphertext", "tag"]
+    assert minted == go_jose_serialize(document)
+    assert unb64u(document["protected"]) == go_json({"alg": "RSA-OAEP-256", "enc": "A256GCM", "kid": "v1"})
+    assert unb64u(document["aad"]) == go_json(json.loads(unb64u(document["aad"])))
 
 
 @pytest.mark.parametrize(
@@ -429,7 +469,7 @@ def test_duplicate_top_level_members_are_rejected(rsa_key, private, minted):
         {"alg": "RSA-OAEP-256", "enc": "A256CBC-HS512"},
     ],
 )
-def test_other_algorithms_made_by_a_real_library_are_rejected(rsa_key, private, header):
+def test_other_algorithms_made_by_a_real_library_are_rejected(rsa_key, private_jwk, header):
     # jwcrypto itself would happily decrypt these with our key; we must not.
     token = jwe.JWE(
         go_json({"token": "a.b.c"}),
@@ -440,7 +480,7 @@ def test_other_algorithms_made_by_a_real_library_are_rejected(rsa_key, private, 
     token.add_recipient(jwk.JWK.from_pyca(rsa_key.public_key()))
     text = token.serialize()
     lenient = jwe.JWE(algs=[header["alg"], header["enc"]])
-    lenient.deserialize(text, private)
+    lenient.deserialize(text, private_jwk)
     assert json.loads(lenient.payload) == {"token": "a.b.c"}
     assert refused_by_parse(text)
 
@@ -474,13 +514,13 @@ def test_extra_protected_header_parameters_are_rejected(rsa_key, private, extra)
     assert refused_by_parse(text)
 
 
-def test_zip_in_the_protected_header_is_rejected(rsa_key, private):
+def test_zip_in_the_protected_header_is_rejected(rsa_key, private_jwk):
     deflated = zlib.compressobj(wbits=-15)
     body = deflated.compress(go_json({"token": "a.b.c"})) + deflated.flush()
     header = b'{"alg":"RSA-OAEP-256","enc":"A256GCM","zip":"DEF"}'
     text = hand_sealed(rsa_key, protected=header, plaintext=body)
     lenient = jwe.JWE(algs=["RSA-OAEP-256", "A256GCM"])
-    lenient.deserialize(text, private)  # a general-purpose library inflates it
+    lenient.deserialize(text, private_jwk)  # a general-purpose library inflates it
     assert json.loads(lenient.payload) == {"token": "a.b.c"}
     assert refused_by_parse(text)
 
@@ -667,12 +707,20 @@ def test_flipped_ciphertext_bit_is_rejected(minted, private):
 
 def test_another_key_cannot_open_the_token(minted, other_rsa_key):
     with pytest.raises(InvalidToken):
-        sessions.decrypt(sessions.parse(minted), jwk.JWK.from_pyca(other_rsa_key))
+        sessions.decrypt(sessions.parse(minted), other_rsa_key)
 
 
-def test_a_public_only_key_cannot_open_the_token(minted, public):
-    with pytest.raises(InvalidToken):
+def test_a_public_only_key_cannot_open_the_token(minted, public, private_jwk):
+    # decrypt takes an RSAPrivateKey: a public key has no private operation to offer, so passing one
+    # is a programming error that fails loudly, never a token handed back.
+    assert not hasattr(public, "decrypt")
+    with pytest.raises(AttributeError):
         sessions.decrypt(sessions.parse(minted), public)
+    # And the independent implementation agrees that the public half alone opens nothing.
+    public_only = jwk.JWK.from_pyca(public)
+    assert not public_only.has_private and public_only.thumbprint() == private_jwk.thumbprint()
+    with pytest.raises(Exception):
+        jwe.JWE(algs=["RSA-OAEP-256", "A256GCM"]).deserialize(minted, public_only)
 
 
 def test_non_canonical_base64_spelling_of_a_genuine_member_is_rejected(minted, private):
@@ -732,7 +780,12 @@ def test_plaintext_that_is_not_exactly_a_token_object_is_rejected(rsa_key, priva
 def test_plaintext_with_a_jwt_built_by_jwcrypto_is_accepted(rsa_key, private):
     token = jwe.JWE(b'{"token":"x.y.z"}', protected=GOOD_HEADER.decode(), aad=good_aad(), algs=["RSA-OAEP-256", "A256GCM"])
     token.add_recipient(jwk.JWK.from_pyca(rsa_key.public_key()))
-    assert sessions.decrypt(sessions.parse(token.serialize()), private) == "x.y.z"
+    text = token.serialize()
+    assert list(json.loads(text)) != ["protected", "aad", "encrypted_key", "iv", "ciphertext", "tag"]  # jwcrypto's order
+    envelope = sessions.parse(text)
+    assert envelope.kid == "v1"
+    assert envelope.claims == claims(auth_time=T0, reviewed_at=None)
+    assert sessions.decrypt(envelope, private) == "x.y.z"
 
 
 # ------------------------------------------------------------------ property: any single-character mutation

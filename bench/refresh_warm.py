@@ -1,0 +1,48 @@
+"""1. Refresh, warm, through the real Lambda entry point, against the crypto floor.
+
+Subject: POST /api/v1/token/refresh as an API Gateway proxy event into `app.app(event, context)`,
+in a warm container (key cache filled by the warm-up), REVIEW_INTERVAL large so no TokenReview is
+due, CSRF_ENFORCE=false, the key from the moto server (AWSCURRENT + AWSPREVIOUS).
+Floor: harness.CryptoFloor on the same token with the same key, in the same process.
+Target: median and p99 ratio <= 1.15.
+"""
+from __future__ import annotations
+
+import sys
+
+from bench import harness
+from bench.stats import Row, Subject, interleave, paired, summary, timed_row
+
+TARGET = 1.15
+ROUNDS, BATCH = 40, 50  # 2000 calls each
+
+
+def child(config: dict) -> dict:
+    container = harness.Container()
+    token = config["session_tokens"][config["clusters"][0]]
+    subject = Subject("refresh", container.invoke, container.events({"op": "refresh", "jweToken": token}),
+                      check=harness.check_answer)
+    floor = Subject("floor", harness.CryptoFloor(harness.read_private_pem(config), token))
+    batch = config.get("batch", BATCH)
+    interleave([subject, floor], rounds=config.get("rounds", ROUNDS), batch=batch)
+    return {"subject": summary(subject.times), "floor": summary(floor.times), "paired": paired(subject, floor, batch),
+            "kubernetes_imported": "kubernetes" in sys.modules, "max_rss_mb": harness.max_rss_mb()}
+
+
+def run(world) -> tuple[list[Row], list[str]]:
+    result = world.run_child(["bench.refresh_warm", "--child"], world.config())
+    s, f = result["subject"], result["floor"]
+    rows = [
+        timed_row("1. refresh warm, median (Lambda handler)", s["median"], f["median"], TARGET),
+        timed_row("1. refresh warm, p99", s["p99"], f["p99"], TARGET),
+    ]
+    notes = [f"refresh warm: {s['n']} calls each, interleaved in batches of {BATCH}; floor = RSA-OAEP-256 "
+             f"unwrap + AES-256-GCM decrypt + AES-256-GCM encrypt + RSA-OAEP-256 wrap (cryptography); "
+             f"warm container imported kubernetes: {result['kubernetes_imported']}; per-batch median ratios (drift-free "
+             f"check): median {result['paired']['median']:.2f}, IQR {result['paired']['p25']:.2f}-{result['paired']['p75']:.2f} "
+             f"over {result['paired']['rounds']} rounds"]
+    return rows, notes
+
+
+if __name__ == "__main__":
+    harness.child_main(child)
