@@ -56,7 +56,7 @@ class Service:
         now = self._clock()
         claims = sessions.Claims(
             issued_at=now,
-            expires_at=self._expiry(cluster, now, auth_time=now, token=spec.token),
+            expires_at=self._expiry(cluster, now, auth_time=now, token_expiry=sessions.jwt_expiry(spec.token)),
             cluster=cluster.name,
             auth_time=now,
             reviewed_at=now,
@@ -74,7 +74,8 @@ class Service:
         claims, now = envelope.claims, self._clock()
         if max(claims.issued_at, claims.auth_time) > now + CLOCK_SKEW:
             raise sessions.InvalidToken()  # we never seal times from the future
-        if self._past_limits(cluster, claims, token, now):
+        token_expiry = sessions.jwt_expiry(token)
+        if self._past_limits(claims, token_expiry, now):
             raise sessions.SessionExpired()
         reviewed_at = claims.reviewed_at
         if reviewed_at is None or now - reviewed_at >= timedelta(seconds=self._settings.review_interval):
@@ -87,7 +88,7 @@ class Service:
         key = self._keys.keys().current
         renewed = sessions.Claims(
             issued_at=now,
-            expires_at=self._expiry(cluster, now, auth_time=claims.auth_time, token=token),
+            expires_at=self._expiry(cluster, now, auth_time=claims.auth_time, token_expiry=token_expiry),
             cluster=cluster.name,
             auth_time=claims.auth_time,
             reviewed_at=reviewed_at,
@@ -140,8 +141,8 @@ class Service:
                 continue
         raise sessions.InvalidToken()
 
-    def _past_limits(self, cluster: Cluster, claims: sessions.Claims, token: str, now: datetime) -> bool:
-        limits = [claims.expires_at, self._lifetime_end(claims.auth_time), sessions.jwt_expiry(token)]
+    def _past_limits(self, claims: sessions.Claims, token_expiry: datetime | None, now: datetime) -> bool:
+        limits = [claims.expires_at, self._lifetime_end(claims.auth_time), token_expiry]
         return any(limit is not None and now >= limit for limit in limits)
 
     def _lifetime_end(self, auth_time: datetime) -> datetime | None:
@@ -149,12 +150,14 @@ class Service:
             return None
         return auth_time + timedelta(seconds=self._settings.max_session_ttl)
 
-    def _expiry(self, cluster: Cluster, now: datetime, auth_time: datetime, token: str) -> datetime | None:
+    def _expiry(
+        self, cluster: Cluster, now: datetime, auth_time: datetime, token_expiry: datetime | None
+    ) -> datetime | None:
         ttl = cluster.token_ttl if cluster.token_ttl is not None else self._settings.token_ttl
         bounds = [
             now + timedelta(seconds=ttl) if ttl else None,
             self._lifetime_end(auth_time),
-            sessions.jwt_expiry(token),
+            token_expiry,
         ]
         present = [bound for bound in bounds if bound is not None]
         return min(present) if present else None
