@@ -20,6 +20,8 @@ import pytest
 
 from tests.fakes.kube_apiserver import FakeKubeApiServer
 
+pytest_plugins = ["tests.leak_guard"]
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 AWS_TEST_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",
