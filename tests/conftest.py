@@ -23,6 +23,21 @@ from tests.fakes.kube_apiserver import FakeKubeApiServer
 pytest_plugins = ["tests.leak_guard"]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The Dashboard v2 frontend's "this token is not valid" answer to a login, exactly (DESIGN.md, Errors).
+UNAUTHORIZED_LOGIN = {
+    "jweToken": "",
+    "errors": [
+        {
+            "ErrStatus": {
+                "metadata": {},
+                "status": "Failure",
+                "message": "MSG_LOGIN_UNAUTHORIZED_ERROR",
+                "reason": "Unauthorized",
+                "code": 401,
+            }
+        }
+    ],
+}
 AWS_TEST_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",
     "AWS_SECRET_ACCESS_KEY": "testing",

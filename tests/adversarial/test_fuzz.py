@@ -30,7 +30,7 @@ from hypothesis import HealthCheck, assume, given, note, settings
 from hypothesis import strategies as st
 
 from chalicelib import dashboard
-from tests.conftest import DashboardFrontend, write_registry
+from tests.conftest import UNAUTHORIZED_LOGIN, DashboardFrontend, write_registry
 
 pytestmark = pytest.mark.usefixtures("healthy")
 
@@ -38,20 +38,6 @@ ORIGINS = ("https://dash.example.com", "http://localhost:8080")
 UNAUTHORIZED = b"MSG_LOGIN_UNAUTHORIZED_ERROR\n"
 EXPIRED = b"MSG_TOKEN_EXPIRED_ERROR\n"
 CSRF_FAILED = b"CSRF validation failed\n"
-LOGIN_UNAUTHORIZED_BODY = {
-    "jweToken": "",
-    "errors": [
-        {
-            "ErrStatus": {
-                "metadata": {},
-                "status": "Failure",
-                "message": "MSG_LOGIN_UNAUTHORIZED_ERROR",
-                "reason": "Unauthorized",
-                "code": 401,
-            }
-        }
-    ],
-}
 STATUS_KEYS = {"tokenPresent", "headerPresent", "httpsMode", "impersonationPresent", "impersonatedUser"}
 MEMBERS = ("protected", "aad", "encrypted_key", "iv", "ciphertext", "tag")
 BINARY_MEMBERS = ("encrypted_key", "iv", "ciphertext", "tag")
@@ -177,7 +163,7 @@ def check(response, world: World, *, route: str, may_succeed: bool = False, sent
         assert header(response, "Content-Type") == "application/json", response.headers
         document = json.loads(body)
         if route in ("login", "refresh"):
-            if route == "login" and document == LOGIN_UNAUTHORIZED_BODY:
+            if route == "login" and document == UNAUTHORIZED_LOGIN:
                 return "unauthorized"
             assert may_succeed, f"a {status} with a session token for a request that must not succeed: {document}"
             assert status == 200 and document["errors"] == [], document

@@ -9,24 +9,10 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from chalicelib import keys, sessions
-from tests.conftest import DashboardFrontend, body_json, write_registry
+from tests.conftest import UNAUTHORIZED_LOGIN, DashboardFrontend, body_json, write_registry
 
 pytestmark = pytest.mark.usefixtures("healthy")
 
-UNAUTHORIZED_LOGIN = {
-    "jweToken": "",
-    "errors": [
-        {
-            "ErrStatus": {
-                "metadata": {},
-                "status": "Failure",
-                "message": "MSG_LOGIN_UNAUTHORIZED_ERROR",
-                "reason": "Unauthorized",
-                "code": 401,
-            }
-        }
-    ],
-}
 
 
 @pytest.fixture

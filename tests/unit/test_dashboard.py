@@ -16,6 +16,7 @@ from chalicelib.clusters import ClusterConfigError, ClusterUnavailable, NotAuthe
 from chalicelib.dashboard import BadRequest, BodyTooLarge, CsrfRejected
 from chalicelib.keys import KeyNotConfigured, KeyStoreUnavailable
 from chalicelib.sessions import InvalidToken, SessionExpired
+from tests.conftest import UNAUTHORIZED_LOGIN
 
 KEY = "c2VjcmV0LWtleS1mb3ItY3NyZi10b2tlbnMtaW4tdGVzdHM="
 OTHER_KEY = "YW5vdGhlci1rZXktdGhhdC1pcy1ub3Qtb3Vycy0xMjM0NTY="
@@ -381,20 +382,7 @@ def test_refresh_body_over_the_limit_is_too_large():
 # ------------------------------------------------------------------ response shapes
 
 def test_login_unauthorized_is_the_dashboards_exact_shape():
-    assert dashboard.login_unauthorized() == {
-        "jweToken": "",
-        "errors": [
-            {
-                "ErrStatus": {
-                    "metadata": {},
-                    "status": "Failure",
-                    "message": "MSG_LOGIN_UNAUTHORIZED_ERROR",
-                    "reason": "Unauthorized",
-                    "code": 401,
-                }
-            }
-        ],
-    }
+    assert dashboard.login_unauthorized() == UNAUTHORIZED_LOGIN
 
 
 def test_auth_response_with_a_name():
