@@ -251,3 +251,20 @@ class DashboardFrontend:
 
 def body_json(response) -> dict:
     return json.loads(response.body)
+
+
+def assert_unavailable(response) -> None:
+    """DESIGN.md's 503: text/plain with Retry-After, and no token of any kind in the body."""
+    assert response.status_code == 503, (response.status_code, response.body)
+    assert int(response.headers["Retry-After"]) > 0
+    assert response.headers["Content-Type"].startswith("text/plain")
+    assert b"jweToken" not in response.body and b"eyJ" not in response.body
+
+
+def login_ok(frontend, token) -> str:
+    """Log in and return the session token, asserting the Dashboard's success shape."""
+    response = frontend.login(token)
+    assert response.status_code == 200, response.body
+    body = body_json(response)
+    assert body["errors"] == [] and body["jweToken"], body
+    return body["jweToken"]

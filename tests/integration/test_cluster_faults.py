@@ -27,7 +27,7 @@ import pytest
 from chalice.config import Config
 from chalice.local import LocalGateway
 
-from tests.conftest import ROOT, DashboardFrontend, body_json, write_registry
+from tests.conftest import ROOT, DashboardFrontend, assert_unavailable, login_ok, write_registry
 
 pytestmark = pytest.mark.usefixtures("healthy")
 
@@ -122,21 +122,6 @@ def clear_fault(cluster, reviewer_token: str) -> None:
     if not cluster.server.running:
         cluster.server.start()
     cluster.server.add_reviewer(reviewer_token, allowed=True)
-
-
-def assert_unavailable(response):
-    assert response.status_code == 503, (response.status_code, response.body)
-    assert int(response.headers["Retry-After"]) > 0
-    assert response.headers["Content-Type"].startswith("text/plain")
-    assert b"jweToken" not in response.body and b"eyJ" not in response.body
-
-
-def login_ok(frontend, token) -> str:
-    response = frontend.login(token)
-    assert response.status_code == 200, response.body
-    body = body_json(response)
-    assert body["errors"] == [] and body["jweToken"], body
-    return body["jweToken"]
 
 
 # ---------------------------------------------------------------- each failure: bounded 503, no token

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from chalicelib import dashboard
-from tests.conftest import DashboardFrontend, body_json, free_port, write_registry
+from tests.conftest import DashboardFrontend, assert_unavailable, body_json, free_port, write_registry
 
 pytestmark = pytest.mark.usefixtures("healthy")
 
@@ -25,13 +25,6 @@ def client(configure, secrets_client, secret_id, registry):
 @pytest.fixture
 def frontend(client):
     return DashboardFrontend(client)
-
-
-def assert_unavailable(response):
-    assert response.status_code == 503, response.body
-    assert int(response.headers["Retry-After"]) > 0
-    assert response.headers["Content-Type"].startswith("text/plain")
-    assert b"jweToken" not in response.body
 
 
 # ---------------------------------------------------------------- the cluster cannot answer

@@ -9,10 +9,9 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from chalicelib import keys, sessions
-from tests.conftest import UNAUTHORIZED_LOGIN, DashboardFrontend, body_json, write_registry
+from tests.conftest import UNAUTHORIZED_LOGIN, DashboardFrontend, body_json, login_ok, write_registry
 
 pytestmark = pytest.mark.usefixtures("healthy")
-
 
 
 @pytest.fixture
@@ -39,14 +38,6 @@ def stored_key(secrets_client, secret_id, stage="AWSCURRENT") -> keys.SessionKey
 
 def now() -> datetime:
     return datetime.now(timezone.utc).replace(microsecond=0)
-
-
-def login_ok(frontend, token) -> str:
-    response = frontend.login(token)
-    assert response.status_code == 200, response.body
-    body = body_json(response)
-    assert body["errors"] == [] and body["jweToken"], body
-    return body["jweToken"]
 
 
 # ---------------------------------------------------------------- the happy path

@@ -20,7 +20,7 @@ import boto3
 import pytest
 
 from chalicelib import clusters, keys, service, sessions
-from tests.conftest import DashboardFrontend, MotoServer, body_json, write_registry
+from tests.conftest import DashboardFrontend, MotoServer, assert_unavailable, body_json, login_ok, write_registry
 from tests.fakes.faulty_proxy import FaultyProxy
 
 pytestmark = pytest.mark.usefixtures("healthy")
@@ -111,20 +111,6 @@ def start_service(configure, proxy, secret_id, registry):
 
 
 # ---------------------------------------------------------------- helpers
-
-def assert_unavailable(response):
-    assert response.status_code == 503, (response.status_code, response.body)
-    assert int(response.headers["Retry-After"]) > 0
-    assert response.headers["Content-Type"].startswith("text/plain")
-    assert b"jweToken" not in response.body and b"eyJ" not in response.body
-
-
-def login_ok(frontend, token) -> str:
-    response = frontend.login(token)
-    assert response.status_code == 200, response.body
-    body = body_json(response)
-    assert body["errors"] == [] and body["jweToken"], body
-    return body["jweToken"]
 
 
 def refresh_ok(frontend, session) -> str:
