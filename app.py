@@ -12,6 +12,9 @@ from chalice import Chalice
 from chalicelib import cors, dashboard, logs, rotation, service, settings
 
 app = Chalice(app_name="dashboard-auth", configure_logs=False)
+# Only JSON and text are served. Chalice matches every request and answer against this list (four
+# times per request), and API Gateway would base64 any body whose type is on it.
+app.api.binary_types = []
 logs.configure(settings.current().log_level)
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 import os
 import re
@@ -34,13 +35,17 @@ MAX_TOKEN_CHARS = 16 * 1024
 _MEMBERS = {"protected", "aad", "encrypted_key", "iv", "ciphertext", "tag"}
 _HEADER_MEMBERS = {"alg", "enc", "kid"}
 _CLAIM_MEMBERS = {"iat", "exp", "cluster", "auth_time", "reviewed_at"}
-_B64URL = re.compile(r"[A-Za-z0-9_-]*")
+# base64url to the standard alphabet; "+", "/" and "=" are not base64url, so they become a byte strict mode refuses
+_B64URL_TO_STANDARD = bytes.maketrans(b"-_+/=", b"+/!!!")
+_SPARE_BITS = {0: 0, 2: 0b1111, 3: 0b11}
 _B64URL_VALUES = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 _RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})")
 _JWT = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 _MAX_KID_CHARS = 128
 _OAEP = padding.OAEP(mgf=padding.MGF1(algorithm=hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
 _CEK_BYTES, _IV_BYTES, _TAG_BYTES = 32, 12, 16
+_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
+_GO_MAP_JSON = json.JSONEncoder(separators=(",", ":"), sort_keys=True)  # how Go writes a map[string]string
 
 
 class InvalidToken(Exception):
@@ -75,15 +80,25 @@ class Envelope:
     tag: bytes
 
 
+# A container writes and reads the same few instants over and over (this second, each session's
+# auth_time), so both directions are memoised.
+@functools.lru_cache(maxsize=1024)
 def format_time(moment: datetime) -> str:
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return moment.astimezone(timezone.utc).isoformat(timespec="seconds")[: -len("+00:00")] + "Z"
 
 
+@functools.lru_cache(maxsize=1024)
 def parse_time(text: object) -> datetime:
     if not isinstance(text, str) or not _RFC3339.fullmatch(text):
         raise InvalidToken()
     try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(timezone.utc)
+        moment = datetime.fromisoformat(text)
+    except (ValueError, OverflowError):
+        raise InvalidToken() from None
+    if moment.tzinfo is timezone.utc:
+        return moment
+    try:
+        return moment.astimezone(timezone.utc)
     except (ValueError, OverflowError):  # out of datetime's range once moved to UTC
         raise InvalidToken() from None
 
@@ -95,24 +110,29 @@ def _reject_duplicates(pairs: list[tuple[str, object]]) -> dict:
     return result
 
 
+_STRICT_JSON = json.JSONDecoder(object_pairs_hook=_reject_duplicates)  # built once: json.loads(hook=...) builds one per call
+
+
 def _strict_json(text: str | bytes) -> object:
     try:
         # bytes must be plain UTF-8: json.loads would also take UTF-16/32 and skip a BOM
         document = text.decode("utf-8") if isinstance(text, bytes) else text
-        return json.loads(document, object_pairs_hook=_reject_duplicates)
+        return _STRICT_JSON.decode(document)
     except (ValueError, RecursionError):
         raise InvalidToken() from None
 
 
 def _b64decode(text: object) -> bytes:
-    if not isinstance(text, str) or not _B64URL.fullmatch(text) or len(text) % 4 == 1:
+    if not isinstance(text, str):
         raise InvalidToken()
     try:
-        data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-    except (binascii.Error, ValueError):
+        standard = text.encode("ascii").translate(_B64URL_TO_STANDARD)
+        # strict mode refuses any byte outside the alphabet, and a length of 4n+1
+        data = binascii.a2b_base64(standard + b"=" * (-len(standard) % 4), strict_mode=True)
+    except (UnicodeEncodeError, binascii.Error):
         raise InvalidToken() from None
-    spare_bits = {0: 0, 2: 0b1111, 3: 0b11}[len(text) % 4]
-    if text and _B64URL_VALUES.index(text[-1]) & spare_bits:
+    spare_bits = _SPARE_BITS[len(text) % 4]
+    if spare_bits and _B64URL_VALUES.index(text[-1]) & spare_bits:
         raise InvalidToken()  # non-zero spare bits: one token, one spelling
     return data
 
@@ -152,8 +172,7 @@ def _aad_from_claims(claims: Claims) -> bytes:
         fields["cluster"] = claims.cluster
     if claims.reviewed_at is not None:
         fields["reviewed_at"] = format_time(claims.reviewed_at)
-    # Sorted and compact, as Go's encoding/json writes a map[string]string.
-    return json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
+    return _GO_MAP_JSON.encode(fields).encode()
 
 
 def parse(text: object) -> Envelope:
@@ -213,26 +232,27 @@ def decrypt(envelope: Envelope, private_key: rsa.RSAPrivateKey) -> str:
 
 def mint(service_account_token: str, claims: Claims, public_key: rsa.RSAPublicKey, kid: str | None) -> str:
     """Seal a ServiceAccount token into a session token the Dashboard v2 backend can also open."""
+    protected = _protected_header(kid)
+    aad = _b64encode(_aad_from_claims(claims))
+    content_key, iv = AESGCM.generate_key(bit_length=8 * _CEK_BYTES), os.urandom(_IV_BYTES)
+    plaintext = _COMPACT_JSON.encode({"token": service_account_token}).encode()
+    sealed = AESGCM(content_key).encrypt(iv, plaintext, f"{protected}.{aad}".encode("ascii"))
+    encrypted_key = _b64encode(public_key.encrypt(content_key, _OAEP))
+    ciphertext, tag = _b64encode(sealed[:-_TAG_BYTES]), _b64encode(sealed[-_TAG_BYTES:])
+    # What json.dumps would write, in go-jose's FullSerialize member order: base64url needs no escaping.
+    return (
+        f'{{"protected":"{protected}","aad":"{aad}","encrypted_key":"{encrypted_key}",'
+        f'"iv":"{_b64encode(iv)}","ciphertext":"{ciphertext}","tag":"{tag}"}}'
+    )
+
+
+@functools.lru_cache(maxsize=16)
+def _protected_header(kid: str | None) -> str:
+    """The protected header, base64url: one per key, so built once per key."""
     header = {"alg": ALGORITHM, "enc": ENCRYPTION}
     if kid is not None:
         header["kid"] = kid
-    protected = _b64encode(json.dumps(header, separators=(",", ":")).encode())
-    aad = _b64encode(_aad_from_claims(claims))
-    content_key, iv = AESGCM.generate_key(bit_length=8 * _CEK_BYTES), os.urandom(_IV_BYTES)
-    plaintext = json.dumps({"token": service_account_token}, separators=(",", ":")).encode()
-    sealed = AESGCM(content_key).encrypt(iv, plaintext, f"{protected}.{aad}".encode("ascii"))
-    # Member order as go-jose's FullSerialize writes it.
-    return json.dumps(
-        {
-            "protected": protected,
-            "aad": aad,
-            "encrypted_key": _b64encode(public_key.encrypt(content_key, _OAEP)),
-            "iv": _b64encode(iv),
-            "ciphertext": _b64encode(sealed[:-_TAG_BYTES]),
-            "tag": _b64encode(sealed[-_TAG_BYTES:]),
-        },
-        separators=(",", ":"),
-    )
+    return _b64encode(_COMPACT_JSON.encode(header).encode())
 
 
 def jwt_expiry(service_account_token: str) -> datetime | None:
