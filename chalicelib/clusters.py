@@ -14,7 +14,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, NamedTuple
 
 logger = logging.getLogger(__name__)
 
@@ -56,8 +56,8 @@ class Cluster:
     reviewer: dict
     audiences: tuple[str, ...] = ()
     token_ttl: int | None = None
-    _client: object = field(default=None, repr=False)
-    _client_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _connection: object = field(default=None, repr=False)  # _Connection, built on first review
+    _connection_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
 
 @dataclass(frozen=True)
@@ -238,6 +238,14 @@ def _eks_reader(cluster_name: str, region: str | None) -> Callable[[], str]:
 
 # ---------------------------------------------------------------- TokenReview
 
+class _Connection(NamedTuple):
+    """A cluster's long-lived ApiClient (reviewer credentials), its pool to the API server, the TokenReview path."""
+
+    client: object
+    pool: object
+    target: str
+
+
 class Reviewer:
     """Asks clusters about tokens, one long-lived ApiClient per cluster."""
 
@@ -246,27 +254,28 @@ class Reviewer:
         self._secrets_client = secrets_client
 
     def review(self, cluster: Cluster, token: str) -> ServiceAccount:
-        from kubernetes.client.exceptions import ApiException
         from urllib3.exceptions import HTTPError
 
         spec = {"token": token, **({"audiences": list(cluster.audiences)} if cluster.audiences else {})}
         body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": spec}
-        client = self._client(cluster)
+        connection = self._connection(cluster)
         try:
-            # What AuthenticationV1Api.create_token_review sends (same serialisation, auth settings and
-            # transport), minus its per-call pydantic argument validation and its response model, which
-            # together cost more than the request itself.
-            request = client.param_serialize(
+            # The kubernetes ApiClient prepares the request as AuthenticationV1Api.create_token_review
+            # would (URL, headers, the reviewer's credentials) and it goes out through the client's own
+            # pool (its TLS, CA and proxy settings). Skipped: the generated method's per-call pydantic
+            # validation and the REST and pool-manager layers' per-request dispatch and URL parsing,
+            # which together cost more than the POST itself; and redirects, which would carry the token
+            # under review to another URL.
+            _, _, headers, _, _ = connection.client.param_serialize(
                 method="POST",
                 resource_path=TOKENREVIEW_PATH,
                 header_params={"Accept": "application/json", "Content-Type": "application/json"},
-                body=body,
                 auth_settings=["BearerToken"],
             )
-            answer = client.call_api(*request, _request_timeout=(self._timeout, self._timeout))
-            status, data = answer.status, answer.read()
-        except ApiException as error:
-            status, data = error.status, b""
+            answer = connection.pool.urlopen(
+                "POST", connection.target, body=json.dumps(body).encode(), headers=headers, redirect=False
+            )
+            status, data = answer.status, answer.data
         except (HTTPError, OSError) as error:
             raise ClusterUnavailable(f"cluster {cluster.name} unreachable: {type(error).__name__}") from None
         # Never log `data`: a TokenReview answer echoes the token under review.
@@ -285,13 +294,20 @@ class Reviewer:
 
     def client_for(self, cluster: Cluster):
         """The cluster's long-lived ApiClient with the reviewer's credentials (built on first use)."""
-        return self._client(cluster)
+        return self._connection(cluster).client
 
-    def _client(self, cluster: Cluster):
-        with cluster._client_lock:
-            if cluster._client is None:
-                cluster._client = self._build_client(cluster)
-            return cluster._client
+    def _connection(self, cluster: Cluster) -> _Connection:
+        with cluster._connection_lock:
+            if cluster._connection is None:
+                import urllib3
+
+                client = self._build_client(cluster)
+                url = urllib3.util.parse_url(client.configuration.host + TOKENREVIEW_PATH)
+                pool = client.rest_client.pool_manager.connection_from_url(
+                    url.url, pool_kwargs={"timeout": urllib3.Timeout(connect=self._timeout, read=self._timeout)}
+                )
+                cluster._connection = _Connection(client, pool, url.request_uri)
+            return cluster._connection
 
     def _build_client(self, cluster: Cluster):
         from kubernetes import client, config
