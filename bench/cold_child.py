@@ -172,9 +172,9 @@ def main() -> int:
     default = config["clusters"][0]
     token = config["servers"][default]["sa_token"]
     if mode in ("refresh", "floor-refresh", "scan"):
-        event = event_for({"op": "refresh", "jweToken": config["session_tokens"][default]})
+        event = event_for({"op": "refresh", "jweToken": config["session_tokens"][default], "csrf": config["csrf"]["token"]})
     else:
-        event = event_for({"op": "login", "token": token})
+        event = event_for({"op": "login", "token": token, "csrf": config["csrf"]["login"]})
     context = LambdaContext()
     result: dict = {"mode": mode}
 
@@ -207,7 +207,8 @@ def main() -> int:
 
     if mode == "scan":  # after the refresh above: a token login, a kubeconfig login, a CSRF token
         steps = {"refresh": result["top_levels"]}
-        if app.app(event_for({"op": "login", "token": token}), LambdaContext())["statusCode"] != 200:
+        login = {"op": "login", "token": token, "csrf": config["csrf"]["login"]}
+        if app.app(event_for(login), LambdaContext())["statusCode"] != 200:
             raise SystemExit("scan: the token login failed")
         steps["login"] = _top_levels()
         kubeconfig = json.dumps({
@@ -215,7 +216,8 @@ def main() -> int:
             "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u"}}],
             "users": [{"name": "u", "user": {"token": token}}]})
         answer = app.app(event_for({"op": "http", "method": "POST", "resource": "/api/v1/login",
-                                    "headers": {"Content-Type": "application/json"},
+                                    "headers": {"Content-Type": "application/json",
+                                                "X-CSRF-TOKEN": config["csrf"]["login"]},
                                     "body": json.dumps({"kubeconfig": kubeconfig})}), LambdaContext())
         if answer["statusCode"] != 200:
             raise SystemExit(f"kubeconfig login answered {answer['statusCode']}")

@@ -22,8 +22,8 @@ def child(config: dict) -> dict:
     container = harness.Container()
     default, other = config["clusters"]
     commands = [
-        {"op": "login", "token": config["servers"][default]["sa_token"]},
-        {"op": "login", "cluster": other, "token": config["servers"][other]["sa_token"]},
+        {"op": "login", "token": config["servers"][default]["sa_token"], "csrf": config["csrf"]["login"]},
+        {"op": "login", "cluster": other, "token": config["servers"][other]["sa_token"], "csrf": config["csrf"]["login"]},
     ]
     subject = Subject("login", container.invoke, container.alternating(commands), check=harness.check_answer)
     crypto = harness.CryptoFloor(harness.read_private_pem(config), config["session_tokens"][default])

@@ -84,8 +84,8 @@ def child(config: dict) -> dict:
     default = config["clusters"][0]
     token = config["session_tokens"][default]
     sa_token = config["servers"][default]["sa_token"]
-    refresh_events = container.events({"op": "refresh", "jweToken": token})
-    login_events = container.events({"op": "login", "token": sa_token})
+    refresh_events = container.events({"op": "refresh", "jweToken": token, "csrf": config["csrf"]["token"]})
+    login_events = container.events({"op": "login", "token": sa_token, "csrf": config["csrf"]["login"]})
     harness.check_answer(container.invoke(refresh_events(1)[0]))
     harness.check_answer(container.invoke(login_events(1)[0]))
     service = container.app_module.auth()
@@ -113,7 +113,7 @@ def child(config: dict) -> dict:
     layers = {
         "refresh": [
             Subject("handler: POST /api/v1/token/refresh (event -> response)", container.invoke, refresh_events),
-            Subject("Service.refresh (no chalice)", lambda _: service.refresh(None, refresh_body, None)),
+            Subject("Service.refresh (no chalice)", lambda _: service.refresh(None, refresh_body, config["csrf"]["token"])),
             Subject("sessions.parse (envelope checks, AAD claims)", lambda _: sessions.parse(token)),
             Subject("sessions.decrypt", lambda _: sessions.decrypt(envelope, key.private)),
             Subject("sessions.mint", lambda _: sessions.mint(sa_token, claims, key.public, key.kid)),
@@ -124,7 +124,7 @@ def child(config: dict) -> dict:
         ],
         "login": [
             Subject("handler: POST /api/v1/login (event -> response)", container.invoke, login_events),
-            Subject("Service.login (no chalice)", lambda _: service.login(None, login_body, None)),
+            Subject("Service.login (no chalice)", lambda _: service.login(None, login_body, config["csrf"]["login"])),
             Subject("Reviewer.review (kubernetes client TokenReview)", lambda _: service._reviewer.review(cluster, sa_token)),
             Subject("floor: urllib3 TokenReview POST + json", lambda _: review_floor.review()),
             Subject("sessions.mint", lambda _: sessions.mint(sa_token, claims, key.public, key.kid)),

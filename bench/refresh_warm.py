@@ -2,7 +2,8 @@
 
 Subject: POST /api/v1/token/refresh as an API Gateway proxy event into `app.app(event, context)`,
 in a warm container (key cache filled by the warm-up), REVIEW_INTERVAL large so no TokenReview is
-due, CSRF_ENFORCE=false, the key from the moto server (AWSCURRENT + AWSPREVIOUS).
+due, configured as deployed (CSRF enforced: every event carries the frontend's X-CSRF-TOKEN;
+LOG_LEVEL=INFO), the key from the moto server (AWSCURRENT + AWSPREVIOUS).
 Floor: harness.CryptoFloor on the same token with the same key, in the same process.
 Target: median and p99 ratio <= 1.15.
 """
@@ -20,8 +21,8 @@ ROUNDS, BATCH = 40, 50  # 2000 calls each
 def child(config: dict) -> dict:
     container = harness.Container()
     token = config["session_tokens"][config["clusters"][0]]
-    subject = Subject("refresh", container.invoke, container.events({"op": "refresh", "jweToken": token}),
-                      check=harness.check_answer)
+    command = {"op": "refresh", "jweToken": token, "csrf": config["csrf"]["token"]}
+    subject = Subject("refresh", container.invoke, container.events(command), check=harness.check_answer)
     floor = Subject("floor", harness.CryptoFloor(harness.read_private_pem(config), token))
     batch = config.get("batch", BATCH)
     interleave([subject, floor], rounds=config.get("rounds", ROUNDS), batch=batch)

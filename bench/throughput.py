@@ -27,7 +27,7 @@ def child(config: dict) -> dict:
     os.sched_setaffinity(0, {cpus[config["cpu"] % len(cpus)]})
     container = harness.Container()
     token = config["session_tokens"][config["clusters"][0]]
-    subject = Subject("refresh", container.invoke, container.events({"op": "refresh", "jweToken": token}))
+    subject = Subject("refresh", container.invoke, container.events({"op": "refresh", "jweToken": token, "csrf": config["csrf"]["token"]}))
     floor = Subject("floor", harness.CryptoFloor(harness.read_private_pem(config), token))
     harness.check_answer(container.invoke(subject.prepare(1)[0]))
     run_for(0.3, [subject, floor], window=0.05)  # warm-up

@@ -174,10 +174,12 @@ class World:
             json.dump({"defaultCluster": CLUSTERS[0], "clusters": clusters}, handle)
 
     def _mint_sessions(self) -> None:
-        """A session per cluster, as a login a few seconds ago made it (reviewed now: no TokenReview due)."""
-        from chalicelib import keys, sessions
+        """A session per cluster, as a login a few seconds ago made it (reviewed now: no TokenReview due),
+        and the CSRF tokens the frontend fetched before it (GET /api/v1/csrftoken/{login,token}, 24 h)."""
+        from chalicelib import dashboard, keys, sessions
 
         key = keys.parse_secret_value(self.kid, self.secret_text)
+        self.csrf_tokens = {action: dashboard.csrf_token(key.csrf_secret, action) for action in ("login", "token")}
         now = datetime.now(timezone.utc).replace(microsecond=0)
         for name in CLUSTERS:
             claims = sessions.Claims(issued_at=now, expires_at=now + timedelta(hours=1), cluster=name,
@@ -194,10 +196,10 @@ class World:
             "AWS_ENDPOINT_URL_SECRETS_MANAGER": self.moto.url,
             "KEY_SECRET_ID": SECRET_ID,
             "CLUSTERS_FILE": self.registry_file,
-            "CSRF_ENFORCE": "false",
+            "CSRF_ENFORCE": "true",  # as deployed: every POST carries the frontend's X-CSRF-TOKEN
             "REVIEW_INTERVAL": "86400",  # a refresh of a reviewed session asks no cluster
             "TOKEN_TTL": "900",
-            "LOG_LEVEL": "WARNING",
+            "LOG_LEVEL": "INFO",  # as deployed (.chalice/config.json): a line per login
             "KUBECONFIG": os.path.join(self.tmp, "no-kubeconfig"),
             "PYTHONPATH": ROOT,
             "PYTHONUNBUFFERED": "1",
@@ -212,6 +214,7 @@ class World:
             "clusters": list(CLUSTERS),
             "floor_server": FLOOR_SERVER,
             "session_tokens": self.session_tokens,
+            "csrf": self.csrf_tokens,
             "secret_id": SECRET_ID,
             "moto_url": self.moto.url,
             "kid": self.kid,
