@@ -6,7 +6,6 @@ decides policy, it only speaks the Dashboard's language.
 from __future__ import annotations
 
 import base64
-import hashlib
 import hmac
 import json
 import re
@@ -169,7 +168,7 @@ def _clean(value: str) -> str:
 def csrf_token(key: str, action: str, now_ms: int | None = None) -> str:
     """A token the Dashboard's xsrftoken.Generate(key, "none", action) would produce."""
     millis = int(time.time() * 1000) if now_ms is None else now_ms
-    digest = hmac.new(key.encode(), f"{_clean('none')}:{_clean(action)}:{millis}".encode(), hashlib.sha1).digest()
+    digest = hmac.digest(key.encode(), f"{_clean('none')}:{_clean(action)}:{millis}".encode(), "sha1")
     return base64.urlsafe_b64encode(digest).decode().rstrip("=") + f":{millis}"
 
 

@@ -175,16 +175,10 @@ def _aad_from_claims(claims: Claims) -> bytes:
     return _GO_MAP_JSON.encode(fields).encode()
 
 
-def parse(text: object) -> Envelope:
-    """Check a presented token's envelope: only what the Dashboard and we ever mint passes."""
-    if not isinstance(text, str) or not 0 < len(text) <= MAX_TOKEN_CHARS:
-        raise InvalidToken()
-    document = _strict_json(text)
-    if not isinstance(document, dict) or set(document) != _MEMBERS:
-        raise InvalidToken()
-    if not all(isinstance(value, str) for value in document.values()):
-        raise InvalidToken()
-    header = _strict_json(_b64decode(document["protected"]))
+@functools.lru_cache(maxsize=64)
+def _kid_from_header(protected: str) -> str | None:
+    """The kid of a protected header that names our one algorithm pair (memoised: a few keys, a few headers)."""
+    header = _strict_json(_b64decode(protected))
     if (
         not isinstance(header, dict)
         or not set(header) <= _HEADER_MEMBERS
@@ -195,6 +189,19 @@ def parse(text: object) -> Envelope:
     kid = header.get("kid")
     if "kid" in header and (not isinstance(kid, str) or not 0 < len(kid) <= _MAX_KID_CHARS):
         raise InvalidToken()
+    return kid
+
+
+def parse(text: object) -> Envelope:
+    """Check a presented token's envelope: only what the Dashboard and we ever mint passes."""
+    if not isinstance(text, str) or not 0 < len(text) <= MAX_TOKEN_CHARS:
+        raise InvalidToken()
+    document = _strict_json(text)
+    if not isinstance(document, dict) or set(document) != _MEMBERS:
+        raise InvalidToken()
+    if not all(isinstance(value, str) for value in document.values()):
+        raise InvalidToken()
+    kid = _kid_from_header(document["protected"])
     iv, tag = _b64decode(document["iv"]), _b64decode(document["tag"])
     encrypted_key = _b64decode(document["encrypted_key"])
     if len(iv) != _IV_BYTES or len(tag) != _TAG_BYTES or len(encrypted_key) not in (256, 384, 512):
