@@ -81,6 +81,28 @@ class Container:
         return self.handler(*pair)
 
 
+class BareChalice:
+    """The least a Chalice route can cost: a one-route app that answers a fixed body of the refresh
+    answer's size, invoked with the same events as the real app. Nothing of ours runs; a reference
+    for how much of the refresh target Chalice alone takes."""
+
+    def __init__(self, answer_body: str):
+        from chalice import Chalice, Response
+
+        app = Chalice(app_name="bare", configure_logs=False)
+        app.api.binary_types = []
+
+        @app.route("/api/v1/token/refresh", methods=["POST"])
+        def refresh():
+            app.current_request.raw_body
+            return Response(answer_body, headers={"Content-Type": "application/json"})
+
+        self.app = app
+
+    def __call__(self, pair) -> dict:
+        return self.app(*pair)
+
+
 def check_answer(response: dict) -> None:
     if response.get("statusCode") != 200:
         raise AssertionError(f"expected 200, got {response.get('statusCode')}: {str(response.get('body'))[:200]}")
