@@ -52,11 +52,12 @@ class Service:
         key = self._keys.keys().current  # before asking the cluster: no key, no point
         if not sessions.looks_like_jwt(spec.token):
             raise NotAuthenticated()  # ServiceAccount tokens are JWTs; don't send anything else to a cluster
+        token_expiry = sessions.jwt_expiry(spec.token)
         account = self._reviewer.review(cluster, spec.token)
         now = self._clock()
         claims = sessions.Claims(
             issued_at=now,
-            expires_at=self._expiry(cluster, now, auth_time=now, token_expiry=sessions.jwt_expiry(spec.token)),
+            expires_at=self._expiry(cluster, now, auth_time=now, token_expiry=token_expiry),
             cluster=cluster.name,
             auth_time=now,
             reviewed_at=now,

@@ -64,7 +64,7 @@ DEFAULT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 LEGACY_ISSUER = "kubernetes/serviceaccount"
 TOKENREVIEW_PATH = "/apis/authentication.k8s.io/v1/tokenreviews"
 SSAR_PATH = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
-FAULT_MODES = frozenset({"500", "503", "429", "hang", "reset"})
+FAULT_MODES = frozenset({"500", "503", "429", "hang", "reset", "redirect"})
 #: All fields a real /version has: the Python client's VersionInfo requires them.
 VERSION_INFO = {
     "major": "1",
@@ -469,6 +469,8 @@ class FakeKubeApiServer:
         )
         #: Upper bound for how long a "hang" fault holds a request before a 504.
         self.hang_timeout = hang_timeout
+        #: Where the "redirect" fault sends every request (307, so a client that follows resends the body).
+        self.redirect_location = "https://127.0.0.1:9/"
         #: Send ``"authenticated": false`` on failed reviews; real servers omit it.
         self.emit_authenticated_false = False
 
@@ -692,7 +694,7 @@ class FakeKubeApiServer:
     # ------------------------------------------------------------------ faults & counters
 
     def set_fault(self, mode: str | int | None) -> None:
-        """Inject a failure for every endpoint: None, "500", "503", "429", "hang" or "reset".
+        """Inject a failure for every endpoint: None, "500", "503", "429", "hang", "reset" or "redirect".
 
         "hang" holds requests unanswered until the fault changes, stop(), or
         ``hang_timeout`` (then 504). "reset" drops the connection with a TCP RST.
@@ -854,6 +856,10 @@ class FakeKubeApiServer:
             return None
         if mode == "reset":
             return _DROP
+        if mode == "redirect":
+            return _Reply.status_object(
+                307, "TemporaryRedirect", "moved", headers={"Location": self.redirect_location}
+            )
         if mode == "429":
             return _Reply.status_object(
                 429, "TooManyRequests", "Too many requests, please try again later.",

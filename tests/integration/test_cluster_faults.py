@@ -149,6 +149,23 @@ def test_a_failing_cluster_answers_a_login_with_503_within_the_timeout(start_ser
     login_ok(frontend, token)  # the same container recovers by itself
 
 
+def test_a_redirected_token_review_is_not_followed(start_service, cluster_a):
+    """A TokenReview carries the token under review in its body, and a 307 has a following client send
+    that body again to wherever Location says. The Location here is on the cluster's own address (so
+    the client's TLS trust would let the request through): it must never be asked for."""
+    frontend = start_service()
+    token = cluster_a.login_token()
+    login_ok(frontend, token)
+    cluster_a.server.redirect_location = cluster_a.server.url + "/elsewhere"
+    cluster_a.server.set_fault("redirect")
+    try:
+        assert_unavailable(frontend.login(token))
+    finally:
+        cluster_a.server.set_fault(None)
+    assert [path for _, path, _ in cluster_a.server.requests if path == "/elsewhere"] == []
+    login_ok(frontend, token)
+
+
 @pytest.mark.parametrize("fault", FAULTS)
 def test_a_failing_cluster_answers_a_reviewing_refresh_with_503_and_keeps_the_session(
     start_service, cluster_a, reviewer, fault
