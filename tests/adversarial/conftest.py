@@ -7,9 +7,7 @@ invocations); tests about cold starts or the unknown-kid window use `configure` 
 """
 from __future__ import annotations
 
-import base64
 import json
-import os
 import socket
 import threading
 import uuid
@@ -17,9 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.asymmetric import rsa
 from jwcrypto import jwa, jwe, jwk
 
 from chalicelib import dashboard, keys, sessions
@@ -29,7 +25,6 @@ ALLOWED_ORIGIN = "https://dashboard.example.com"
 UNAUTHORIZED_BODY = b"MSG_LOGIN_UNAUTHORIZED_ERROR\n"
 CSRF_FAILED_BODY = b"CSRF validation failed\n"
 NOT_FOUND_BODY = b"No such cluster; GET /api/v1/clusters lists the clusters served here.\n"
-OAEP_SHA256 = padding.OAEP(mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
 
 # Tables printed at the end of the run (also without -s), as tests/load does.
 REPORTS: list[str] = []
@@ -44,61 +39,12 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
             terminalreporter.write_line(line)
 
 
-# ---------------------------------------------------------------- encoding helpers (independent of chalicelib)
-
-def b64u(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def unb64u(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
-def go_json(obj) -> bytes:
-    """Go's encoding/json for a map[string]string: compact, keys sorted."""
-    return json.dumps(obj, separators=(",", ":"), sort_keys=True).encode()
-
-
 def rfc3339(moment: datetime) -> str:
     return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def utc_now() -> datetime:
     return datetime.now(timezone.utc).replace(microsecond=0)
-
-
-def seal(
-    public_key: rsa.RSAPublicKey,
-    protected: bytes,
-    aad: bytes | None,
-    plaintext: bytes,
-    iv: bytes | None = None,
-    cek: bytes | None = None,
-) -> dict:
-    """RFC 7516 RSA-OAEP-256 + A256GCM with `cryptography` only, for any header/AAD bytes. Returns the members."""
-    cek = cek or AESGCM.generate_key(bit_length=256)
-    iv = os.urandom(12) if iv is None else iv
-    members = {"protected": b64u(protected)}
-    gcm_aad = members["protected"]
-    if aad is not None:
-        members["aad"] = b64u(aad)
-        gcm_aad += "." + members["aad"]
-    sealed = AESGCM(cek).encrypt(iv, plaintext, gcm_aad.encode("ascii"))
-    members.update(
-        encrypted_key=b64u(public_key.encrypt(cek, OAEP_SHA256)),
-        iv=b64u(iv),
-        ciphertext=b64u(sealed[:-16]),
-        tag=b64u(sealed[-16:]),
-    )
-    return members
-
-
-def serialize(members: dict) -> str:
-    """go-jose's flattened FullSerialize member order, compact."""
-    order = ["protected", "unprotected", "header", "recipients", "aad", "encrypted_key", "iv", "ciphertext", "tag"]
-    ordered = {k: members[k] for k in order if k in members}
-    ordered.update({k: v for k, v in members.items() if k not in ordered})
-    return json.dumps(ordered, separators=(",", ":"))
 
 
 def jwcrypto_token(

@@ -38,18 +38,14 @@ from tests.adversarial.conftest import (
     UNAUTHORIZED_BODY,
     Harness,
     assert_no_trace,
-    b64u,
-    go_json,
     jwcrypto_token,
     lenient_open,
     rfc3339,
-    seal,
-    serialize,
-    unb64u,
     utc_now,
     REPORTS,
 )
 from tests.conftest import DashboardFrontend
+from tests.fakes.go_jose import b64u, full_serialize, go_json, seal, unb64u
 
 REFRESH = "/api/v1/token/refresh"
 ALG, ENC = "RSA-OAEP-256", "A256GCM"
@@ -138,7 +134,7 @@ class Ctx:
             iv=iv,
         )
         members.update(extra)
-        return serialize(members)
+        return full_serialize(members)
 
     def library(self, protected=DEFAULT, plaintext=None, key=None, aad=DEFAULT, **kwargs) -> str:
         """Made by jwcrypto (a real JOSE library) with the real public key unless told otherwise."""
@@ -153,14 +149,14 @@ class Ctx:
     def edited(self, text: str | None = None, **members) -> str:
         document = json.loads(text or self.genuine_text)
         document.update(members)
-        return serialize({k: v for k, v in document.items() if v is not REMOVE})
+        return full_serialize({k: v for k, v in document.items() if v is not REMOVE})
 
 
 def six_members(text: str) -> str:
     """Give a library-made token the six flattened members (dir/ECDH-ES have no encrypted_key)."""
     document = json.loads(text)
     document.setdefault("encrypted_key", "")
-    return serialize(document)
+    return full_serialize(document)
 
 
 def off_curve_epk() -> dict:
@@ -170,7 +166,7 @@ def off_curve_epk() -> dict:
 
 def random_members(ctx: Ctx, header: dict, encrypted_key: bytes) -> str:
     """Well-formed members around a header whose algorithm cannot be ours (nothing to encrypt for)."""
-    return serialize({
+    return full_serialize({
         "protected": b64u(hb(header)),
         "aad": b64u(ctx.aad()),
         "encrypted_key": b64u(encrypted_key),
@@ -221,7 +217,7 @@ def tail_tag(ctx: Ctx, length: int) -> str:
 
 def recipients(ctx: Ctx, entries: list[dict]) -> str:
     g = ctx.g
-    return serialize({"protected": g["protected"], "recipients": entries, "aad": g["aad"], "iv": g["iv"],
+    return full_serialize({"protected": g["protected"], "recipients": entries, "aad": g["aad"], "iv": g["iv"],
                       "ciphertext": g["ciphertext"], "tag": g["tag"]})
 
 

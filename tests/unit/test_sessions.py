@@ -14,8 +14,7 @@ import zlib
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -23,26 +22,13 @@ from jwcrypto import jwe, jwk
 
 from chalicelib import sessions
 from chalicelib.sessions import InvalidToken
+from tests.fakes.go_jose import OAEP_SHA256, b64u, full_serialize, go_json, seal, unb64u
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=timezone.utc)
 RFC3339_UTC_WHOLE_SECONDS = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
-OAEP_SHA256 = padding.OAEP(mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
 
 
 # ------------------------------------------------------------------ helpers (independent of chalicelib)
-
-def b64u(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def unb64u(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
-def go_json(obj) -> bytes:
-    """What Go's encoding/json writes for a map[string]string or a struct: compact, maps sorted."""
-    return json.dumps(obj, separators=(",", ":"), sort_keys=True).encode()
-
 
 def fake_jwt(payload: dict | None = None, size: int = 0) -> str:
     """A JWT-shaped ServiceAccount token (signature irrelevant: sessions never verifies it)."""
@@ -52,38 +38,6 @@ def fake_jwt(payload: dict | None = None, size: int = 0) -> str:
     if size:
         body["pad"] = "x" * size
     return f"{header}.{b64u(json.dumps(body).encode())}.{b64u(os.urandom(256))}"
-
-
-def seal(
-    public_key: rsa.RSAPublicKey,
-    protected: bytes,
-    aad: bytes | None,
-    plaintext: bytes,
-    iv: bytes | None = None,
-) -> dict:
-    """Encrypt as RFC 7516 says (RSA-OAEP-256 + A256GCM), with only `cryptography`. Returns the members."""
-    cek = AESGCM.generate_key(bit_length=256)
-    iv = os.urandom(12) if iv is None else iv
-    protected_b64 = b64u(protected)
-    members = {"protected": protected_b64}
-    gcm_aad = protected_b64
-    if aad is not None:
-        members["aad"] = b64u(aad)
-        gcm_aad += "." + members["aad"]
-    sealed = AESGCM(cek).encrypt(iv, plaintext, gcm_aad.encode("ascii"))
-    members.update(
-        encrypted_key=b64u(public_key.encrypt(cek, OAEP_SHA256)),
-        iv=b64u(iv),
-        ciphertext=b64u(sealed[:-16]),
-        tag=b64u(sealed[-16:]),
-    )
-    return members
-
-
-def go_jose_serialize(members: dict) -> str:
-    """go-jose FullSerialize: struct field order, compact, empty members omitted."""
-    order = ["protected", "unprotected", "header", "recipients", "aad", "encrypted_key", "iv", "ciphertext", "tag"]
-    return json.dumps({k: members[k] for k in order if k in members}, separators=(",", ":"))
 
 
 def open_with_cryptography(private_key: rsa.RSAPrivateKey, text: str) -> bytes:
@@ -177,7 +131,7 @@ def minted(sa_token, public) -> str:
 def hand_sealed(rsa_key, protected=GOOD_HEADER, aad=None, plaintext=None, sa="a.b.c") -> str:
     aad = good_aad() if aad is None else aad
     plaintext = go_json({"token": sa}) if plaintext is None else plaintext
-    return go_jose_serialize(seal(rsa_key.public_key(), protected, aad, plaintext))
+    return full_serialize(seal(rsa_key.public_key(), protected, aad, plaintext))
 
 
 # ------------------------------------------------------------------ minting: the format of DESIGN.md
@@ -306,7 +260,7 @@ def test_minted_token_is_serialized_as_go_jose_writes_it(minted):
     # the protected header and the AAD as Go's encoding/json writes a map: sorted, compact.
     document = json.loads(minted)
     assert list(document) == ["protected", "aad", "encrypted_key", "iv", "ciphertext", "tag"]
-    assert minted == go_jose_serialize(document)
+    assert minted == full_serialize(document)
     assert unb64u(document["protected"]) == go_json({"alg": "RSA-OAEP-256", "enc": "A256GCM", "kid": "v1"})
     assert unb64u(document["aad"]) == go_json(json.loads(unb64u(document["aad"])))
 
@@ -324,7 +278,7 @@ def test_we_accept_what_the_dashboards_go_jose_mints(rsa_key, private, iat, exp)
     aad = go_json({"iat": iat, "exp": exp})
     assert aad.startswith(b'{"exp":')
     protected = b'{"alg":"RSA-OAEP-256","enc":"A256GCM"}'
-    text = go_jose_serialize(seal(rsa_key.public_key(), protected, aad, go_json({"token": sa})))
+    text = full_serialize(seal(rsa_key.public_key(), protected, aad, go_json({"token": sa})))
 
     envelope = sessions.parse(text)
     assert envelope.kid is None
@@ -338,7 +292,7 @@ def test_we_accept_what_the_dashboards_go_jose_mints(rsa_key, private, iat, exp)
 
 def test_we_accept_a_dashboard_token_without_exp(rsa_key, private):
     # The Dashboard omits exp when its token TTL is 0.
-    text = go_jose_serialize(
+    text = full_serialize(
         seal(
             rsa_key.public_key(),
             b'{"alg":"RSA-OAEP-256","enc":"A256GCM"}',
@@ -364,7 +318,7 @@ def test_compact_serialization_is_rejected(rsa_key, private, minted):
 
 
 def test_a_correctly_encrypted_token_without_aad_is_rejected(rsa_key, private):
-    text = go_jose_serialize(seal(rsa_key.public_key(), GOOD_HEADER, None, go_json({"token": "a.b.c"})))
+    text = full_serialize(seal(rsa_key.public_key(), GOOD_HEADER, None, go_json({"token": "a.b.c"})))
     assert "aad" not in json.loads(text)
     assert refused_by_parse(text)
 
@@ -649,7 +603,7 @@ def test_truncated_tag_is_rejected(minted, private):
 @pytest.mark.parametrize("iv_length", [8, 11, 13, 16])
 def test_iv_of_the_wrong_length_is_rejected_even_when_correctly_encrypted(rsa_key, private, iv_length):
     members = seal(rsa_key.public_key(), GOOD_HEADER, good_aad(), go_json({"token": "a.b.c"}), iv=os.urandom(iv_length))
-    text = go_jose_serialize(members)
+    text = full_serialize(members)
     assert json.loads(open_with_cryptography(rsa_key, text)) == {"token": "a.b.c"}  # GCM itself accepts it
     assert refused_by_parse(text)
 
