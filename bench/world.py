@@ -26,17 +26,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLUSTERS = ("prod-eu", "staging-us")
 FLOOR_SERVER = "floor"
 SECRET_ID = "dashboard-auth/bench/session-key"
-FAKE_AWS_ENV = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_SESSION_TOKEN": "testing",
-    "AWS_DEFAULT_REGION": "us-east-1",
-    "AWS_REGION": "us-east-1",
-    "AWS_CONFIG_FILE": os.devnull,
-    "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
-    "AWS_EC2_METADATA_DISABLED": "true",
-}
-_INHERITED = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "SYSTEMROOT")
 CHILD_TIMEOUT = 120.0
 
 
@@ -189,9 +178,11 @@ class World:
     # ------------------------------------------------------------ children
 
     def service_env(self, **overrides) -> dict[str, str]:
-        """The environment of a container: fake AWS credentials, moto, the registry, the service settings."""
-        env = {k: os.environ[k] for k in _INHERITED if k in os.environ}
-        env.update(FAKE_AWS_ENV)
+        """The environment of a container (the test containers' base: fake AWS credentials, the project on
+        PYTHONPATH), plus moto, the registry and the service settings."""
+        from tests.fakes.lambda_container import container_base_env
+
+        env = container_base_env()
         env.update({
             "AWS_ENDPOINT_URL_SECRETS_MANAGER": self.moto.url,
             "KEY_SECRET_ID": SECRET_ID,
@@ -201,8 +192,6 @@ class World:
             "TOKEN_TTL": "900",
             "LOG_LEVEL": "INFO",  # as deployed (.chalice/config.json): a line per login
             "KUBECONFIG": os.path.join(self.tmp, "no-kubeconfig"),
-            "PYTHONPATH": ROOT,
-            "PYTHONUNBUFFERED": "1",
             "PYTHONDONTWRITEBYTECODE": "1",
         })
         env.update({k: str(v) for k, v in overrides.items() if v is not None})

@@ -77,6 +77,14 @@ FAKE_AWS_ENV = {
 _INHERITED = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "SYSTEMROOT")
 
 
+def container_base_env() -> dict[str, str]:
+    """What every container process starts from: this machine's basics, fake AWS credentials, the project."""
+    env = {k: os.environ[k] for k in _INHERITED if k in os.environ}
+    env.update(FAKE_AWS_ENV)
+    env.update({"PYTHONPATH": ROOT, "PYTHONUNBUFFERED": "1"})
+    return env
+
+
 # =========================================================================== the event API Gateway sends
 
 
@@ -301,9 +309,7 @@ class Container:
         name: str = "container",
     ) -> "Container":
         """Start a container process configured by `env` (on top of fake AWS credentials)."""
-        child_env = {k: os.environ[k] for k in _INHERITED if k in os.environ}
-        child_env.update(FAKE_AWS_ENV)
-        child_env.update({"PYTHONPATH": ROOT, "PYTHONUNBUFFERED": "1"})
+        child_env = container_base_env()
         child_env.update({k: str(v) for k, v in env.items() if v is not None})
         child_env["LAMBDA_CONTAINER_MAX_SECONDS"] = str(max_seconds)
         if wait_for_go:
