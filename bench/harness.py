@@ -103,6 +103,92 @@ class BareChalice:
         return self.app(*pair)
 
 
+def _oaep():
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    return padding.OAEP(mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
+
+
+def _reference_app(name: str):
+    from chalice import Chalice
+
+    app = Chalice(app_name=name, configure_logs=False)
+    app.api.binary_types = []
+    return app
+
+
+def _answer(members: dict):
+    """A Dashboard AuthResponse carrying the JWE members, as a Chalice Response."""
+    from chalice import Response
+
+    jwe_text = json.dumps(members, separators=(",", ":"))
+    return Response(json.dumps({"jweToken": jwe_text, "errors": []}), headers={"Content-Type": "application/json"})
+
+
+class UncheckedRefresh:
+    """A reference, not the service: a Chalice route doing only what any refresh must (read the
+    body and the JWE, unwrap, decrypt, encrypt, wrap, answer) and no check at all: no strict parse,
+    no CSRF, no AAD, no policy, no key lookup. What is left between it and the floor is Chalice and
+    the JSON/base64 a JWE cannot do without."""
+
+    def __init__(self, private_pem: str):
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+        private = serialization.load_pem_private_key(private_pem.encode(), password=None)
+        public, oaep = private.public_key(), _oaep()
+        app = _reference_app("unchecked-refresh")
+
+        @app.route("/api/v1/token/refresh", methods=["POST"])
+        def refresh():
+            document = json.loads(json.loads(app.current_request.raw_body)["jweToken"])
+            aad = f"{document['protected']}.{document['aad']}".encode("ascii")
+            sealed = b64url_decode(document["ciphertext"]) + b64url_decode(document["tag"])
+            cek = private.decrypt(b64url_decode(document["encrypted_key"]), oaep)
+            plaintext = AESGCM(cek).decrypt(b64url_decode(document["iv"]), sealed, aad)
+            new_cek, iv = os.urandom(32), os.urandom(12)
+            sealed = AESGCM(new_cek).encrypt(iv, plaintext, aad)
+            return _answer({"protected": document["protected"], "aad": document["aad"],
+                            "encrypted_key": b64url(public.encrypt(new_cek, oaep)), "iv": b64url(iv),
+                            "ciphertext": b64url(sealed[:-16]), "tag": b64url(sealed[-16:])})
+
+        self.app = app
+
+    def __call__(self, pair) -> dict:
+        return self.app(*pair)
+
+
+class UncheckedLogin:
+    """A reference, not the service: a Chalice route that posts the TokenReview on the review
+    floor's kept-alive connection, reads `authenticated`, and mints (AES-GCM, RSA wrap, base64,
+    JSON), with no other check: no CSRF, no body or answer validation, no policy, no audit line, no
+    kubernetes client."""
+
+    def __init__(self, review_floor: "ReviewFloor", audiences: list[str]):
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+        app = _reference_app("unchecked-login")
+        protected = b64url(b'{"alg":"RSA-OAEP-256","enc":"A256GCM"}')
+        public_key, oaep = review_floor.crypto.public, _oaep()
+
+        @app.route("/api/v1/login", methods=["POST"])
+        def login():
+            token = json.loads(app.current_request.raw_body)["token"]
+            review_floor.review(json.dumps({"spec": {"token": token, "audiences": audiences}}).encode())
+            aad = b64url(json.dumps({"iat": "2026-01-01T00:00:00Z"}).encode())
+            cek, iv = os.urandom(32), os.urandom(12)
+            sealed = AESGCM(cek).encrypt(iv, json.dumps({"token": token}).encode(), f"{protected}.{aad}".encode())
+            return _answer({"protected": protected, "aad": aad,
+                            "encrypted_key": b64url(public_key.encrypt(cek, oaep)), "iv": b64url(iv),
+                            "ciphertext": b64url(sealed[:-16]), "tag": b64url(sealed[-16:])})
+
+        self.app = app
+
+    def __call__(self, pair) -> dict:
+        return self.app(*pair)
+
+
 def check_answer(response: dict) -> None:
     if response.get("statusCode") != 200:
         raise AssertionError(f"expected 200, got {response.get('statusCode')}: {str(response.get('body'))[:200]}")
@@ -129,14 +215,13 @@ class CryptoFloor:
     No JSON, no base64: the pieces are decoded once, at set-up."""
 
     def __init__(self, private_pem: str, jwe_text: str):
-        from cryptography.hazmat.primitives import hashes, serialization
-        from cryptography.hazmat.primitives.asymmetric import padding
+        from cryptography.hazmat.primitives import serialization
         from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
         self._aesgcm = AESGCM
         self.private = serialization.load_pem_private_key(private_pem.encode(), password=None)
         self.public = self.private.public_key()
-        self.oaep = padding.OAEP(mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
+        self.oaep = _oaep()
         document = json.loads(jwe_text)
         self.encrypted_key = b64url_decode(document["encrypted_key"])
         self.iv = b64url_decode(document["iv"])
@@ -184,8 +269,8 @@ class ReviewFloor:
         self.crypto = crypto
         self.plaintext = json.dumps({"token": server["sa_token"]}, separators=(",", ":")).encode()
 
-    def review(self) -> dict:
-        response = self.pool.urlopen("POST", TOKENREVIEW_PATH, body=self.body, headers=self.headers)
+    def review(self, body: bytes | None = None) -> dict:
+        response = self.pool.urlopen("POST", TOKENREVIEW_PATH, body=body or self.body, headers=self.headers)
         status = json.loads(response.data)["status"]
         if response.status != 201 or not status.get("authenticated"):
             raise AssertionError(f"floor TokenReview: HTTP {response.status} {status}")

@@ -27,11 +27,19 @@ def child(config: dict) -> dict:
     ]
     subject = Subject("login", container.invoke, container.alternating(commands), check=harness.check_answer)
     crypto = harness.CryptoFloor(harness.read_private_pem(config), config["session_tokens"][default])
-    review_floor = harness.ReviewFloor(config["servers"][config["floor_server"]], crypto)
+    floor_server = config["servers"][config["floor_server"]]
+    review_floor = harness.ReviewFloor(floor_server, crypto)
     floor = Subject("floor", review_floor)
-    batch = config.get("batch", BATCH)
-    interleave([subject, floor], rounds=config.get("rounds", ROUNDS), batch=batch, warmup=WARMUP)
+    # the reference shares the floor's connection, so the floor server still sees one handshake
+    unchecked = Subject("unchecked login", harness.UncheckedLogin(review_floor, floor_server["audiences"]),
+                        container.events({"op": "login", "token": floor_server["sa_token"]}), check=harness.check_answer)
+    reference_floor = Subject("floor", review_floor)
+    batch, rounds = config.get("batch", BATCH), config.get("rounds", ROUNDS)
+    interleave([subject, floor], rounds=rounds, batch=batch, warmup=WARMUP)
+    # The reference in a pass of its own, so that it does not change what the figures above measure.
+    interleave([unchecked, reference_floor], rounds=rounds // 2, batch=batch)
     return {"subject": summary(subject.times), "floor": summary(floor.times), "paired": paired(subject, floor, batch),
+            "unchecked": summary(unchecked.times), "reference_floor": summary(reference_floor.times),
             "floor_connections": review_floor.connections, "max_rss_mb": harness.max_rss_mb(),
             "logins": len(subject.times) + WARMUP}
 
@@ -46,6 +54,8 @@ def run(world) -> tuple[list[Row], list[str], dict]:
     rows = [
         timed_row("2. login warm, median (Lambda handler)", s["median"], f["median"], TARGET),
         timed_row("2. login warm, p99", s["p99"], f["p99"], TARGET),
+        timed_row("2. reference: login with no checks, median", result["unchecked"]["median"],
+                  result["reference_floor"]["median"], None),
         Row("2. login: TLS handshakes per cluster, whole run",
             " / ".join(f"{n}={c}" for n, c in zip(world.config()["clusters"], per_cluster)),
             f"{floor_hs} (urllib3 pool)", f"{max(per_cluster) / max(floor_hs, 1):.2f}",
@@ -54,7 +64,10 @@ def run(world) -> tuple[list[Row], list[str], dict]:
     notes = [f"login warm: {s['n']} logins (alternating 2 clusters) and {f['n']} floor calls, interleaved in "
              f"batches of {BATCH}; container's {result['logins']} logins made {sum(per_cluster)} handshakes; "
              f"warm container max RSS after them {result['max_rss_mb']:.1f} MB; per-batch median ratios: median "
-             f"{result['paired']['median']:.2f}, IQR {result['paired']['p25']:.2f}-{result['paired']['p75']:.2f}"]
+             f"{result['paired']['median']:.2f}, IQR {result['paired']['p25']:.2f}-{result['paired']['p75']:.2f}",
+             "login warm, reference with no checks: harness.UncheckedLogin, a Chalice route that posts the TokenReview "
+             "on the floor's connection, reads `authenticated` and mints (AES-GCM, RSA wrap, base64, JSON), checking "
+             "nothing else (no CSRF, body or answer validation, policy, audit line or kubernetes client)"]
     return rows, notes, result
 
 
