@@ -212,16 +212,24 @@ class World:
 
     def run_child(self, args: list[str], config: dict, env: dict | None = None, cwd: str = ROOT,
                   timeout: float = CHILD_TIMEOUT, python_flags: tuple[str, ...] = ()) -> dict:
-        """Run `python [flags] -m <args...> CONFIG` and return the JSON of its last stdout line."""
-        path = os.path.join(self.tmp, f"config-{time.monotonic_ns()}.json")
-        with open(path, "w") as handle:
+        """Run `python [flags] -m <args...> CONFIG` and return the JSON of its last stdout line.
+
+        The child's stderr (its log, a line per login at INFO) goes to a file, not a pipe: the child
+        still pays for every write, but a pipe would also wake this process, which is not part of what
+        is measured, for every line, and on a two-core machine it competes with the child for a CPU."""
+        stem = os.path.join(self.tmp, f"child-{time.monotonic_ns()}")
+        with open(stem + ".json", "w") as handle:
             json.dump(config, handle)
-        process = subprocess.run(
-            [sys.executable, *python_flags, "-m", *args, path],
-            cwd=cwd, env=env or self.service_env(), capture_output=True, text=True, timeout=timeout,
-            preexec_fn=die_with_parent,
-        )
-        os.unlink(path)
+        with open(stem + ".stderr", "w+") as stderr:
+            process = subprocess.run(
+                [sys.executable, *python_flags, "-m", *args, stem + ".json"],
+                cwd=cwd, env=env or self.service_env(), stdout=subprocess.PIPE, stderr=stderr, text=True,
+                timeout=timeout, preexec_fn=die_with_parent,
+            )
+            stderr.seek(0)
+            process.stderr = stderr.read()
+        os.unlink(stem + ".json")
+        os.unlink(stem + ".stderr")
         lines = process.stdout.strip().splitlines()
         if process.returncode != 0 or not lines:
             raise ChildFailed(f"{' '.join(args)} exited {process.returncode}:\n{process.stderr[-3000:]}")
