@@ -686,6 +686,22 @@ def test_non_canonical_base64_spelling_of_a_genuine_member_is_rejected(minted, p
     assert rejected(json.dumps(doc), private)
 
 
+_BASE64URL = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+
+@given(st.text(alphabet=st.sampled_from(_BASE64URL + "+/=. \n\x00é٣"), max_size=24) | st.text(max_size=12))
+@settings(max_examples=3000, deadline=None)
+def test_a_member_decodes_only_when_it_is_the_one_canonical_base64url_spelling(text):
+    """One token, one spelling: unpadded base64url whose re-encoding gives back the same text, and
+    nothing else (no padding, no standard alphabet, no spaces, no spare bits set)."""
+    canonical = re.fullmatch(r"[A-Za-z0-9_-]*", text) is not None and len(text) % 4 != 1 and b64u(unb64u(text)) == text
+    if canonical:
+        assert sessions._b64decode(text) == unb64u(text)
+    else:
+        with pytest.raises(InvalidToken):
+            sessions._b64decode(text)
+
+
 @pytest.mark.parametrize(
     "encode",
     [lambda s: s.encode("utf-16-le"), lambda s: b"\xef\xbb\xbf" + s.encode()],
