@@ -2,7 +2,8 @@
 
 The kubernetes client logs whole response bodies at DEBUG, and a TokenReview answer echoes the
 token under review. Rather than trusting every logger's level, every record is scrubbed on its
-way out: anything shaped like a JWT, a JWE, a PEM block or a bearer header is replaced.
+way out: anything shaped like a JWT, a JWE, a PEM block or a bearer header is replaced, in the
+message, in the traceback text and in the exception a formatter may read directly.
 """
 from __future__ import annotations
 
@@ -30,6 +31,17 @@ def redact(text: str) -> str:
 BODY_LOGGERS = ("botocore.endpoint", "botocore.parsers", "kubernetes.client.rest")
 
 
+class RedactedException(Exception):
+    """Stands in for a logged exception: its text, scrubbed, under the original exception's type."""
+
+
+def _text_of(error: BaseException) -> str:
+    try:
+        return str(error)
+    except Exception:  # a broken __str__ must not stop the record
+        return f"<{type(error).__name__} without a printable message>"
+
+
 class RedactingFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.name.startswith(BODY_LOGGERS) and record.levelno <= logging.DEBUG:
@@ -40,6 +52,11 @@ class RedactingFilter(logging.Filter):
         record.msg, record.args = redact(message), None
         if record.exc_text:
             record.exc_text = redact(record.exc_text)
+        if record.exc_info and record.exc_info[1] is not None:
+            # Lambda's JSON log format reads the exception itself (errorMessage = str(exception)),
+            # not the scrubbed traceback text above.
+            exc_type, exc_value, exc_traceback = record.exc_info
+            record.exc_info = (exc_type, RedactedException(redact(_text_of(exc_value))), exc_traceback)
         return True
 
 

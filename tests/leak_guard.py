@@ -37,6 +37,7 @@ controller (`workeroutput`), which fails the session.
 from __future__ import annotations
 
 import base64
+import copy
 import functools
 import json
 import logging
@@ -48,6 +49,7 @@ import threading
 import time
 
 import pytest
+from awslambdaric.lambda_runtime_log_utils import JsonFormatter
 
 MIN_SECRET_CHARS = 16  # shorter values are not registered: they would match by chance
 PEM_LINE_MIN_CHARS = 41  # "PEM body lines longer than 40 chars"
@@ -118,8 +120,12 @@ def _one_line(text: str) -> str:
     return text.replace("\r", "\\r").replace("\n", "\\n")
 
 
+_LAMBDA_JSON = JsonFormatter()  # the handler format Lambda installs with AWS_LAMBDA_LOG_FORMAT=JSON
+
+
 class _FileHandler(logging.Handler):
-    """Writes every record as one line: test, logger, level, message (with traceback, stack)."""
+    """Writes every record as one line: test, logger, level, message (with traceback, stack), and the
+    record as Lambda's runtime writes it in JSON format."""
 
     def __init__(self, guard: LeakGuard, stream) -> None:
         super().__init__(logging.NOTSET)
@@ -130,7 +136,8 @@ class _FileHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            text = self.format(record)
+            # as Lambda's text format and as its JSON format (which reads the exception object itself)
+            text = self.format(record) + "\t" + _LAMBDA_JSON.format(copy.copy(record))
             self._stream.write(f"{self._guard.current_test}\t{record.name}\t{record.levelname}\t{_one_line(text)}\n")
             self.records += 1
         except Exception:  # never let the guard break a test; a record it cannot write is a guard error
@@ -353,7 +360,11 @@ class LeakGuard:
             test, source, level, message = (line.split("\t", 3) + ["", "", "", ""])[:4]
             message_start = line_start + len(test) + len(source) + len(level) + 3
             masks = [(start - message_start, secret) for start, secret in hits if start >= message_start]
+            reported = set()
             for start, secret in hits:
+                if secret in reported:
+                    continue  # one finding per record and secret, however many formats of it show it
+                reported.add(secret)
                 findings.append({
                     "kind": secrets[secret][0], "origin": secrets[secret][1],
                     "place": place, "test": test, "source": source, "level": level,
