@@ -412,14 +412,18 @@ class Container:
     def alive(self) -> bool:
         return self.process.poll() is None
 
-    def close(self, timeout: float = 10.0) -> int | None:
-        """Ask the container to exit, then make sure it has (this process only, by its pid)."""
+    def ask_to_exit(self) -> None:
+        """Send the exit command if the process still runs; a closed pipe means it is going anyway."""
         if self.process.poll() is None:
             try:
                 self.process.stdin.write('{"op":"exit"}\n')
                 self.process.stdin.flush()
             except (BrokenPipeError, ValueError, OSError):
                 pass
+
+    def close(self, timeout: float = 10.0) -> int | None:
+        """Ask the container to exit, then make sure it has (this process only, by its pid)."""
+        self.ask_to_exit()
         try:
             self.process.stdin.close()
         except (BrokenPipeError, ValueError, OSError):
@@ -448,12 +452,7 @@ class Container:
 def close_all(containers: list[Container]) -> None:
     """Close many containers at once: everyone is asked first, then each is waited for."""
     for container in containers:
-        if container.process.poll() is None:
-            try:
-                container.process.stdin.write('{"op":"exit"}\n')
-                container.process.stdin.flush()
-            except (BrokenPipeError, ValueError, OSError):
-                pass
+        container.ask_to_exit()
     for container in containers:
         container.close()
 
