@@ -37,6 +37,10 @@ class UnknownCluster(LookupError):
 class ClusterUnavailable(RuntimeError):
     """The cluster could not give an answer (down, slow, 5xx, or it refused our reviewer)."""
 
+    def __init__(self, message: str, retry_after: int = 5):
+        super().__init__(message)
+        self.retry_after = retry_after  # seconds a client should wait before trying again
+
 
 class NotAuthenticated(Exception):
     """The cluster answered: this token is not an authenticated ServiceAccount of it."""
@@ -56,8 +60,22 @@ class Cluster:
     reviewer: dict
     audiences: tuple[str, ...] = ()
     token_ttl: int | None = None
+    verify_locally: bool = True  # check ServiceAccount JWTs against the cluster's published keys first
     _connection: object = field(default=None, repr=False)  # _Connection, built on first review
     _connection_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _breaker: object = field(default=None, repr=False)  # breaker.CircuitBreaker, built on first request
+
+    def breaker(self, settings: tuple[int, float, int]):
+        """This container's circuit breaker for the cluster (built on first use)."""
+        with self._connection_lock:
+            if self._breaker is None:
+                from .breaker import CircuitBreaker
+
+                failure_threshold, cooldown, max_in_flight = settings
+                self._breaker = CircuitBreaker(
+                    self.name, failure_threshold, cooldown, max_in_flight, failures=(ClusterUnavailable,)
+                )
+            return self._breaker
 
 
 @dataclass(frozen=True)
@@ -118,7 +136,12 @@ def _parse_cluster(source: str, entry: object, base_dir: str) -> Cluster:
     token_ttl = entry.get("tokenTTL")
     if token_ttl is not None and (not isinstance(token_ttl, int) or isinstance(token_ttl, bool) or token_ttl < 0):
         raise _fail(source, f"cluster {name!r}: tokenTTL must be a whole number of seconds")
-    unknown = set(entry) - {"name", "server", "certificateAuthorityData", "reviewer", "audiences", "tokenTTL"}
+    verify_locally = entry.get("verifyLocally", True)
+    if not isinstance(verify_locally, bool):
+        raise _fail(source, f"cluster {name!r}: verifyLocally must be true or false")
+    unknown = set(entry) - {
+        "name", "server", "certificateAuthorityData", "reviewer", "audiences", "tokenTTL", "verifyLocally"
+    }
     if unknown:
         raise _fail(source, f"cluster {name!r}: unknown fields {sorted(unknown)}")
     return Cluster(
@@ -128,6 +151,7 @@ def _parse_cluster(source: str, entry: object, base_dir: str) -> Cluster:
         reviewer=_parse_reviewer(source, name, entry.get("reviewer"), base_dir),
         audiences=tuple(audiences),
         token_ttl=token_ttl,
+        verify_locally=verify_locally,
     )
 
 
@@ -239,58 +263,99 @@ def _eks_reader(cluster_name: str, region: str | None) -> Callable[[], str]:
 # ---------------------------------------------------------------- TokenReview
 
 class _Connection(NamedTuple):
-    """A cluster's long-lived ApiClient (reviewer credentials), its pool to the API server, the TokenReview path."""
+    """A cluster's long-lived ApiClient (reviewer credentials), its pool to the API server, the server's base path."""
 
     client: object
     pool: object
-    target: str
+    base_path: str  # "" unless the server URL has a path (a proxy in front of the API server)
 
 
 class Reviewer:
-    """Asks clusters about tokens, one long-lived ApiClient per cluster."""
+    """Asks clusters about tokens, as the service's reviewer: one long-lived ApiClient per cluster, each
+    request under the cluster's circuit breaker (see breaker.py)."""
 
-    def __init__(self, timeout: float, secrets_client: Callable[[], object]):
+    def __init__(
+        self,
+        timeout: float,
+        secrets_client: Callable[[], object],
+        failure_threshold: int = 5,
+        cooldown: float = 30.0,
+        max_in_flight: int = 10,
+    ):
         self._timeout = timeout
         self._secrets_client = secrets_client
+        self._breaker_settings = (failure_threshold, cooldown, max_in_flight)
 
     def review(self, cluster: Cluster, token: str) -> ServiceAccount:
-        from urllib3.exceptions import HTTPError
-
         spec = {"token": token, **({"audiences": list(cluster.audiences)} if cluster.audiences else {})}
         body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": spec}
-        connection = self._connection(cluster)
-        try:
-            # The kubernetes ApiClient prepares the request as AuthenticationV1Api.create_token_review
-            # would (URL, headers, the reviewer's credentials) and it goes out through the client's own
-            # pool (its TLS, CA and proxy settings). Skipped: the generated method's per-call pydantic
-            # validation and the REST and pool-manager layers' per-request dispatch and URL parsing,
-            # which together cost more than the POST itself; and redirects, which would carry the token
-            # under review to another URL.
-            _, _, headers, _, _ = connection.client.param_serialize(
-                method="POST",
-                resource_path=TOKENREVIEW_PATH,
-                header_params={"Accept": "application/json", "Content-Type": "application/json"},
-                auth_settings=["BearerToken"],
-            )
-            answer = connection.pool.urlopen(
-                "POST", connection.target, body=json.dumps(body).encode(), headers=headers, redirect=False
-            )
-            status, data = answer.status, answer.data
-        except (HTTPError, OSError) as error:
-            raise ClusterUnavailable(f"cluster {cluster.name} unreachable: {type(error).__name__}") from None
-        # Never log `data`: a TokenReview answer echoes the token under review.
-        if status in (401, 403):
+        # Never log the answer: a TokenReview answer echoes the token under review.
+        status, data = self._request(cluster, "POST", TOKENREVIEW_PATH, json.dumps(body).encode())
+        if status == 403:
             raise ClusterUnavailable(
                 f"cluster {cluster.name} refused the service's reviewer credentials (HTTP {status}); "
                 "the reviewer needs `create` on tokenreviews.authentication.k8s.io"
             )
-        if not 200 <= (status or 0) < 300:
+        if not 200 <= status < 300:
             raise ClusterUnavailable(f"cluster {cluster.name} answered HTTP {status} to TokenReview")
         try:
             review = json.loads(data)
         except ValueError:
             raise ClusterUnavailable(f"cluster {cluster.name} answered TokenReview with something not JSON") from None
         return _service_account(cluster, review.get("status") if isinstance(review, dict) else None)
+
+    def get(self, cluster: Cluster, path: str, max_bytes: int) -> tuple[int, bytes | None]:
+        """GET a document the cluster publishes, as the reviewer: (status, body, or None if over max_bytes)."""
+        return self._request(cluster, "GET", path, None, max_bytes)
+
+    def _request(
+        self, cluster: Cluster, method: str, path: str, body: bytes | None, max_bytes: int | None = None
+    ) -> tuple[int, bytes | None]:
+        from urllib3.exceptions import HTTPError
+
+        from .breaker import Refused
+
+        connection = self._connection(cluster)
+        try:
+            with cluster.breaker(self._breaker_settings).call():
+                try:
+                    # The kubernetes ApiClient prepares the request as the generated API methods would
+                    # (URL, headers, the reviewer's credentials) and it goes out through the client's
+                    # own pool (its TLS, CA and proxy settings). Skipped: the generated methods'
+                    # per-call pydantic validation and the REST and pool-manager layers' per-request
+                    # dispatch and URL parsing, which together cost more than the request itself; and
+                    # redirects, which would carry the token under review to another URL.
+                    _, _, headers, _, _ = connection.client.param_serialize(
+                        method=method,
+                        resource_path=path,
+                        header_params={"Accept": "application/json", "Content-Type": "application/json"},
+                        auth_settings=["BearerToken"],
+                    )
+                    answer = connection.pool.urlopen(
+                        method, connection.base_path + path, body=body, headers=headers, redirect=False,
+                        preload_content=max_bytes is None,
+                    )
+                    if max_bytes is None:
+                        status, data = answer.status, answer.data
+                    else:
+                        status, data = answer.status, answer.read(max_bytes + 1)
+                        if len(data) > max_bytes:
+                            answer.close()  # the rest is never read: this connection cannot be reused
+                            data = None
+                        else:
+                            answer.release_conn()
+                except (HTTPError, OSError) as error:
+                    raise ClusterUnavailable(f"cluster {cluster.name} unreachable: {type(error).__name__}") from None
+                # The cluster is failing, or our own credentials are: either way its breaker counts it.
+                if status == 401:
+                    raise ClusterUnavailable(
+                        f"cluster {cluster.name} refused the service's reviewer credentials (HTTP 401)"
+                    )
+                if status == 429 or status >= 500:
+                    raise ClusterUnavailable(f"cluster {cluster.name} answered HTTP {status} to {method} {path}")
+                return status, data
+        except Refused as refused:
+            raise ClusterUnavailable(str(refused), retry_after=refused.retry_after) from None
 
     def client_for(self, cluster: Cluster):
         """The cluster's long-lived ApiClient with the reviewer's credentials (built on first use)."""
@@ -302,11 +367,11 @@ class Reviewer:
                 import urllib3
 
                 client = self._build_client(cluster)
-                url = urllib3.util.parse_url(client.configuration.host + TOKENREVIEW_PATH)
+                url = urllib3.util.parse_url(client.configuration.host)
                 pool = client.rest_client.pool_manager.connection_from_url(
                     url.url, pool_kwargs={"timeout": urllib3.Timeout(connect=self._timeout, read=self._timeout)}
                 )
-                cluster._connection = _Connection(client, pool, url.request_uri)
+                cluster._connection = _Connection(client, pool, (url.path or "").rstrip("/"))
             return cluster._connection
 
     def _build_client(self, cluster: Cluster):

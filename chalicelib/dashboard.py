@@ -256,7 +256,7 @@ def answer(operation: Callable[[], object]) -> Response:
         return text_error(503, f"The service is not configured: {error}.", retry_after=60)
     except ClusterUnavailable as error:
         logger.error("cluster unavailable: %s", error)
-        return text_error(503, "The cluster cannot check tokens right now; try again shortly.", RETRY_AFTER_SECONDS)
+        return text_error(503, "The cluster cannot check tokens right now; try again shortly.", error.retry_after)
     except KeyStoreUnavailable as error:
         log = logger.info if isinstance(error, KeyRefetchDeferred) else logger.error
         log("key store unavailable: %s", error)

@@ -16,6 +16,7 @@ from typing import Callable
 
 from . import dashboard, sessions
 from .clusters import Cluster, NotAuthenticated, Registry, Reviewer, load_registry
+from .issuers import Issuers
 from .keys import FileKeyStore, KeyCache, KeyNotConfigured, SecretsManagerKeyStore
 from .settings import Settings, resolve_path
 
@@ -35,12 +36,14 @@ class Service:
         registry: Callable[[], Registry],
         keys: KeyCache,
         reviewer: Reviewer,
+        issuers: Issuers,
         clock: Callable[[], datetime] = utc_now,
     ):
         self._settings = settings
         self._registry = registry
         self._keys = keys
         self._reviewer = reviewer
+        self._issuers = issuers
         self._clock = clock
 
     # ------------------------------------------------------------ routes
@@ -52,6 +55,7 @@ class Service:
         key = self._keys.keys().current  # before asking the cluster: no key, no point
         if not sessions.looks_like_jwt(spec.token):
             raise NotAuthenticated()  # ServiceAccount tokens are JWTs; don't send anything else to a cluster
+        self._issuers.verify(cluster, spec.token)  # a forgery stops here, before the cluster hears of it
         token_expiry = sessions.jwt_expiry(spec.token)
         account = self._reviewer.review(cluster, spec.token)
         now = self._clock()
@@ -201,9 +205,17 @@ def build(settings: Settings) -> Service:
             resolve_path(settings, settings.clusters_file) if settings.clusters_file else None, settings.app_dir
         )
     )
+    reviewer = Reviewer(
+        timeout=settings.cluster_timeout,
+        secrets_client=secrets_manager,
+        failure_threshold=settings.cluster_breaker_failures,
+        cooldown=settings.cluster_breaker_cooldown,
+        max_in_flight=settings.cluster_max_in_flight,
+    )
     return Service(
         settings=settings,
         registry=registry,
         keys=KeyCache(key_store(settings), ttl=settings.key_cache_ttl, grace=settings.key_cache_grace),
-        reviewer=Reviewer(timeout=settings.cluster_timeout, secrets_client=secrets_manager),
+        reviewer=reviewer,
+        issuers=Issuers(reviewer),
     )

@@ -113,7 +113,8 @@ def _reject_duplicates(pairs: list[tuple[str, object]]) -> dict:
 _STRICT_JSON = json.JSONDecoder(object_pairs_hook=_reject_duplicates)  # built once: json.loads(hook=...) builds one per call
 
 
-def _strict_json(text: str | bytes) -> object:
+def strict_json(text: str | bytes) -> object:
+    """JSON read strictly (plain UTF-8, no duplicate members), or InvalidToken: for every hostile token."""
     try:
         # bytes must be plain UTF-8: json.loads would also take UTF-16/32 and skip a BOM
         document = text.decode("utf-8") if isinstance(text, bytes) else text
@@ -137,12 +138,17 @@ def _b64decode(text: object) -> bytes:
     return data
 
 
+def strict_json_member(member: object) -> object:
+    """One base64url member of a presented token (a JWS or JWE header, an AAD) as strict JSON."""
+    return strict_json(_b64decode(member))
+
+
 def _b64encode(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
 def _claims_from_aad(aad: bytes) -> Claims:
-    fields = _strict_json(aad)
+    fields = strict_json(aad)
     if (
         not isinstance(fields, dict)
         or not set(fields) <= _CLAIM_MEMBERS
@@ -178,7 +184,7 @@ def _aad_from_claims(claims: Claims) -> bytes:
 @functools.lru_cache(maxsize=64)
 def _kid_from_header(protected: str) -> str | None:
     """The kid of a protected header that names our one algorithm pair (memoised: a few keys, a few headers)."""
-    header = _strict_json(_b64decode(protected))
+    header = strict_json(_b64decode(protected))
     if (
         not isinstance(header, dict)
         or not set(header) <= _HEADER_MEMBERS
@@ -196,7 +202,7 @@ def parse(text: object) -> Envelope:
     """Check a presented token's envelope: only what the Dashboard and we ever mint passes."""
     if not isinstance(text, str) or not 0 < len(text) <= MAX_TOKEN_CHARS:
         raise InvalidToken()
-    document = _strict_json(text)
+    document = strict_json(text)
     if not isinstance(document, dict) or set(document) != _MEMBERS:
         raise InvalidToken()
     if not all(isinstance(value, str) for value in document.values()):
@@ -228,7 +234,7 @@ def decrypt(envelope: Envelope, private_key: rsa.RSAPrivateKey) -> str:
         )
     except (ValueError, InvalidTag):
         raise InvalidToken() from None
-    auth_info = _strict_json(plaintext)
+    auth_info = strict_json(plaintext)
     if not isinstance(auth_info, dict) or set(auth_info) != {"token"}:
         raise InvalidToken()
     service_account_token = auth_info["token"]

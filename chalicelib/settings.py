@@ -29,6 +29,9 @@ class Settings:
     csrf_enforce: bool
     log_level: str
     cluster_timeout: float
+    cluster_breaker_failures: int
+    cluster_breaker_cooldown: int
+    cluster_max_in_flight: int
     app_dir: str
 
 
@@ -42,6 +45,19 @@ def _seconds(env: Mapping[str, str], name: str, default: int) -> int:
         raise SettingsError(f"{name} must be a whole number of seconds, got {raw!r}") from None
     if value < 0:
         raise SettingsError(f"{name} must not be negative, got {value}")
+    return value
+
+
+def _count(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a whole number, got {raw!r}") from None
+    if not 1 <= value <= 1000:
+        raise SettingsError(f"{name} must be between 1 and 1000, got {value}")
     return value
 
 
@@ -102,6 +118,9 @@ def load(env: Mapping[str, str], app_dir: str) -> Settings:
         csrf_enforce=_flag(env, "CSRF_ENFORCE", True),
         log_level=log_level,
         cluster_timeout=_positive_float(env, "CLUSTER_TIMEOUT", 5.0),
+        cluster_breaker_failures=_count(env, "CLUSTER_BREAKER_FAILURES", 5),
+        cluster_breaker_cooldown=_seconds(env, "CLUSTER_BREAKER_COOLDOWN", 30),
+        cluster_max_in_flight=_count(env, "CLUSTER_MAX_IN_FLIGHT", 10),
         app_dir=app_dir,
     )
 

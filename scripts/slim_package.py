@@ -34,7 +34,8 @@ sys.path[:0] = [sys.argv[1]]
 import app
 import kubernetes.client, kubernetes.config
 from kubernetes.client import AuthenticationV1Api
-import chalicelib.clusters, chalicelib.cli, yaml, cryptography
+import chalicelib.clusters, chalicelib.cli, chalicelib.issuers, yaml, cryptography
+import jwcrypto.jwk, jwcrypto.jws
 """
 
 

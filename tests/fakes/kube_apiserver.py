@@ -63,6 +63,11 @@ LOG = logging.getLogger(__name__)
 DEFAULT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 LEGACY_ISSUER = "kubernetes/serviceaccount"
 TOKENREVIEW_PATH = "/apis/authentication.k8s.io/v1/tokenreviews"
+DISCOVERY_PATH = "/.well-known/openid-configuration"
+JWKS_PATH = "/openid/v1/jwks"
+#: How the server answers DISCOVERY_PATH and JWKS_PATH: as kube-apiserver does by default, not at
+#: all (an old or locked-down cluster: 404), or forbidden to the caller (no issuer-discovery RBAC: 403).
+DISCOVERY_MODES = frozenset({"served", "absent", "forbidden"})
 SSAR_PATH = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
 FAULT_MODES = frozenset({"500", "503", "429", "hang", "reset", "redirect"})
 #: All fields a real /version has: the Python client's VersionInfo requires them.
@@ -133,6 +138,16 @@ def sign_jwt(header: Mapping[str, Any], claims: Mapping[str, Any], key: rsa.RSAP
     )
     signature = key.sign(signing_input.encode("ascii"), padding.PKCS1v15(), hashes.SHA256())
     return signing_input + "." + _b64url(signature)
+
+
+def _public_jwk(kid: str, public_key: rsa.RSAPublicKey) -> dict[str, str]:
+    """An RSA public key as kube-apiserver publishes it in /openid/v1/jwks."""
+    numbers = public_key.public_numbers()
+
+    def as_b64url(value: int) -> str:
+        return _b64url(value.to_bytes((value.bit_length() + 7) // 8, "big"))
+
+    return {"use": "sig", "kty": "RSA", "kid": kid, "alg": "RS256", "n": as_b64url(numbers.n), "e": as_b64url(numbers.e)}
 
 
 def _new_ca(name: str) -> tuple[rsa.RSAPrivateKey, x509.Certificate]:
@@ -473,6 +488,8 @@ class FakeKubeApiServer:
         self.redirect_location = "https://127.0.0.1:9/"
         #: Send ``"authenticated": false`` on failed reviews; real servers omit it.
         self.emit_authenticated_false = False
+        #: One of DISCOVERY_MODES.
+        self.discovery = "served"
 
         # One CA, server certificate and SA signing key per instance: distinct
         # instances are distinct clusters that do not trust each other.
@@ -591,6 +608,14 @@ class FakeKubeApiServer:
         public = key.public_key() if isinstance(key, rsa.RSAPrivateKey) else key
         with self._lock:
             self._trusted_keys[key_id(public)] = public
+
+    def rotate_signing_key(self) -> rsa.RSAPrivateKey:
+        """Sign new tokens with a fresh key, as a cluster does after a rotation; the old key still verifies
+        (it stays in --service-account-key-file) until :meth:`distrust_signing_key`. Returns the old key."""
+        old, new = self.signing_key, generate_rsa_key()
+        self.trust_signing_key(new)
+        self.signing_key = new
+        return old
 
     def distrust_signing_key(self, key: rsa.RSAPrivateKey | rsa.RSAPublicKey) -> None:
         """Stop accepting tokens signed by ``key`` (the end of a rotation)."""
@@ -833,6 +858,8 @@ class FakeKubeApiServer:
             if path == TOKENREVIEW_PATH:
                 return self._token_review(reviewer, body)
             return self._self_subject_access_review(reviewer, body)
+        if method == "GET" and path in (DISCOVERY_PATH, JWKS_PATH):
+            return self._discovery(path)
         if method == "GET" and path in ("/version", "/version/"):
             return _Reply.json(200, VERSION_INFO)
         if method == "GET" and path in ("/healthz", "/readyz", "/livez"):
@@ -870,6 +897,27 @@ class FakeKubeApiServer:
                 503, "ServiceUnavailable", "The server is currently unable to handle the request"
             )
         return _Reply.status_object(500, "InternalError", "Internal error occurred: injected fault", details={})
+
+    def _discovery(self, path: str) -> _Reply:
+        """ServiceAccount issuer discovery, readable by ServiceAccounts as kube-apiserver's default RBAC allows."""
+        if self.discovery == "absent":
+            return _Reply.status_object(404, "NotFound", "the server could not find the requested resource", details={})
+        if self.discovery == "forbidden":
+            return _Reply.status_object(
+                403, "Forbidden", f'forbidden: User cannot get path "{path}"', details={}
+            )
+        if path == DISCOVERY_PATH:
+            return _Reply.json(200, {
+                "issuer": self.issuer,
+                "jwks_uri": f"{self.url}{JWKS_PATH}",
+                "response_types_supported": ["id_token"],
+                "subject_types_supported": ["public"],
+                "id_token_signing_alg_values_supported": ["RS256"],
+            })
+        with self._lock:
+            keys = list(self._trusted_keys.items())
+        return _Reply(200, json.dumps({"keys": [_public_jwk(kid, key) for kid, key in keys]}).encode(),
+                      "application/jwk-set+json")
 
     def _caller(self, authorization: str) -> _Reviewer | None:
         scheme, _, token = authorization.partition(" ")
