@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from urllib.parse import urlsplit
 
-from . import clusters, keys, logs, rotation, service, sessions
+from . import clusters, issuers, keys, logs, rotation, service, sessions
 from . import settings as settings_module
 
 PROG = "python -m chalicelib.cli"
@@ -512,6 +512,19 @@ def _access_check(api_client, timeout: float) -> None:
                       + (f" ({why[:200]})" if why else ""))
 
 
+def _issuer_keys_note(reviewer: clusters.Reviewer, cluster: clusters.Cluster) -> str:
+    """Whether logins to this cluster are verified here first, or every one costs the cluster a TokenReview."""
+    if not cluster.verify_locally:
+        return "verifyLocally is off: every login is a TokenReview"
+    try:
+        published = issuers.Issuers(reviewer).fetch(cluster)
+    except clusters.ClusterUnavailable as error:
+        return f"issuer keys unreadable ({error})"
+    if published is None:
+        return "publishes no issuer keys (see the service log's warning): every login is a TokenReview"
+    return f"{len(published.keys)} issuer key(s) published, logins verified before review"
+
+
 def check_cluster(reviewer: clusters.Reviewer, cluster: clusters.Cluster, timeout: float) -> ClusterCheck:
     server = cluster.server or "(kubeconfig)"
     try:
@@ -526,6 +539,7 @@ def check_cluster(reviewer: clusters.Reviewer, cluster: clusters.Cluster, timeou
     except Exception as error:  # one cluster's surprise must not hide the others' results; no text: it may quote secrets
         return ClusterCheck(cluster.name, server, False, f"unexpected failure: {type(error).__name__}")
     note = "reachable, CA verifies, reviewer may create tokenreviews"
+    note += "; " + _issuer_keys_note(reviewer, cluster)
     if "eks" in cluster.reviewer:
         note += " (checked with your AWS identity, not the function's role)"
     return ClusterCheck(cluster.name, server, True, note)

@@ -134,7 +134,7 @@ class Issuers:
         from .clusters import ClusterUnavailable
 
         try:
-            published = self._fetch(cluster)
+            published = self.fetch(cluster)
         except ClusterUnavailable as error:
             if not state.fetched:
                 raise
@@ -149,7 +149,8 @@ class Issuers:
         state.published, state.fetched = published, True
         state.next_fetch_at = now + (MAX_AGE if published is not None else NOT_PUBLISHED_RECHECK)
 
-    def _fetch(self, cluster: Cluster) -> PublishedKeys | None:
+    def fetch(self, cluster: Cluster) -> PublishedKeys | None:
+        """What the cluster publishes now (no cache); None if nothing usable."""
         issuer = self._document(cluster, DISCOVERY_PATH, "issuer")
         if not isinstance(issuer, str) or not issuer:
             return None

@@ -350,6 +350,22 @@ def test_check_clusters_fails_a_cluster_that_errors_or_hangs(tmp_path, cluster_a
     assert rows[cluster_b.name][0] == "FAIL" and "no answer" in rows[cluster_b.name][1]
 
 
+def test_check_clusters_says_which_clusters_check_logins_by_token_review_alone(tmp_path, cluster_a, cluster_b, capsys):
+    registry = write_registry(
+        tmp_path / "clusters.json", [cluster_a.registry_entry(), cluster_b.registry_entry(verifyLocally=False)]
+    )
+    cluster_a.server.discovery = "forbidden"
+    try:
+        code, out, _ = run(capsys, "check-clusters", "--clusters-file", registry)
+    finally:
+        cluster_a.server.discovery = "served"
+
+    rows = check_lines(out)
+    assert code == 0  # a cluster can be used this way: the line says what it costs
+    assert rows[cluster_a.name][0] == "OK" and "publishes no issuer keys" in rows[cluster_a.name][1]
+    assert rows[cluster_b.name][0] == "OK" and "verifyLocally is off" in rows[cluster_b.name][1]
+
+
 def test_check_clusters_without_registry_checks_the_kubeconfig_context_as_default(tmp_path, cluster_a, cluster_b):
     kubeconfig = cluster_a.server.write_kubeconfig(tmp_path / "kubeconfig", cluster_a.reviewer_token)
 
@@ -357,7 +373,8 @@ def test_check_clusters_without_registry_checks_the_kubeconfig_context_as_defaul
 
     assert completed.returncode == 0, completed.stdout + completed.stderr
     assert check_lines(completed.stdout) == {
-        "default": ("OK", f"{cluster_a.server.url}  reachable, CA verifies, reviewer may create tokenreviews")
+        "default": ("OK", f"{cluster_a.server.url}  reachable, CA verifies, reviewer may create tokenreviews; "
+                          "1 issuer key(s) published, logins verified before review")
     }
 
     # the same context, with another cluster's CA in the kubeconfig
