@@ -6,6 +6,7 @@ decides policy, it only speaks the Dashboard's language.
 from __future__ import annotations
 
 import base64
+import functools
 import hmac
 import json
 import re
@@ -102,28 +103,104 @@ def _json_object(raw_body: bytes | None) -> dict:
     return document
 
 
+KUBECONFIG_NOT_YAML = "kubeconfig is not valid YAML."
+KUBECONFIG_ALIASES = "kubeconfig uses YAML aliases (*name), and aliases are not accepted; write the values out in full."
+KUBECONFIG_MAX_DEPTH = 32  # a kubeconfig nests about 8 deep (users, an entry, user, exec, env, an entry)
+KUBECONFIG_TOO_DEEP = f"kubeconfig is nested more than {KUBECONFIG_MAX_DEPTH} levels deep."
+
+
+class _AliasRefused(Exception):
+    pass
+
+
+class _TooDeep(Exception):
+    pass
+
+
+@functools.lru_cache(maxsize=1)
+def _kubeconfig_loader() -> type:
+    """A YAML loader that reads a kubeconfig as text, and whose cost follows the size of the text.
+
+    BaseLoader: every scalar is the string written, with none of YAML 1.1's implicit types (a
+    base-60 float too large for a float, impossible dates), the way kubectl reads the string fields
+    of a kubeconfig. An alias is refused before it is composed: a kilobyte of nested aliases
+    ("billion laughs") stands for billions of values, and comparing two of them at the lookup of the
+    current context would take hours. A tag is refused too: nothing written by kubectl carries one,
+    and reading `!!binary x` as the text "x" would not be what the writer meant. Nesting is capped:
+    PyYAML's scanner looks at every open flow collection ("[", "{") of a line for each token, so
+    2 KB of "[" cost 0.6 s of CPU, and deeper documents end in a RecursionError.
+    """
+    import yaml
+
+    plain_tags = {
+        yaml.ScalarEvent: "tag:yaml.org,2002:str",
+        yaml.SequenceStartEvent: "tag:yaml.org,2002:seq",
+        yaml.MappingStartEvent: "tag:yaml.org,2002:map",
+    }
+
+    class KubeconfigLoader(yaml.BaseLoader):
+        depth = 0
+
+        def fetch_flow_collection_start(self, TokenClass):
+            if self.flow_level >= KUBECONFIG_MAX_DEPTH:
+                raise _TooDeep()
+            super().fetch_flow_collection_start(TokenClass)
+
+        def compose_node(self, parent, index):
+            event = self.peek_event()
+            if isinstance(event, yaml.AliasEvent):
+                raise _AliasRefused()
+            tag = getattr(event, "tag", None)
+            if tag not in (None, "!") and tag != plain_tags.get(type(event)):
+                raise yaml.YAMLError("tags are not accepted")
+            if self.depth >= KUBECONFIG_MAX_DEPTH:
+                raise _TooDeep()  # block collections ("- - - x") nest without a flow level
+            self.depth += 1
+            try:
+                return super().compose_node(parent, index)
+            finally:
+                self.depth -= 1
+
+    return KubeconfigLoader
+
+
+def _string(value: object, field: str) -> str | None:
+    """A name or token as written, or None when absent; anything but a string is refused, never compared."""
+    if value is None or isinstance(value, str):
+        return value
+    raise BadRequest(f"kubeconfig's {field} must be a string.")
+
+
 def _token_from_kubeconfig(text: str) -> str:
     import yaml
 
+    loader = _kubeconfig_loader()
     try:
-        config = yaml.safe_load(text)
-    except (yaml.YAMLError, RecursionError, ValueError, TypeError, AttributeError, KeyError):
-        # PyYAML's constructors raise plain Python errors on values such as "2001-02-30"
-        raise BadRequest("kubeconfig is not valid YAML.") from None
+        config = yaml.load(text, Loader=loader)
+    except _AliasRefused:
+        raise BadRequest(KUBECONFIG_ALIASES) from None
+    except _TooDeep:
+        raise BadRequest(KUBECONFIG_TOO_DEEP) from None
+    except Exception:
+        # Whatever the parser raises (YAMLError, RecursionError on deep nesting, or a plain Python
+        # error from some corner of it) is about the text the client sent: a 400, never a 500.
+        raise BadRequest(KUBECONFIG_NOT_YAML) from None
     if not isinstance(config, dict):
         raise BadRequest("kubeconfig must be a YAML mapping.")
 
-    def named(section: str, name: object) -> dict:
+    def named(section: str, name: str | None, field: str) -> dict:
         entries = config.get(section)
         for entry in entries if isinstance(entries, list) else []:
-            if isinstance(entry, dict) and entry.get("name") == name:
+            if isinstance(entry, dict) and _string(entry.get("name"), field) == name and name:
                 return entry
         return {}
 
-    context = named("contexts", config.get("current-context")).get("context") or {}
-    user = named("users", context.get("user") if isinstance(context, dict) else None).get("user") or {}
-    token = user.get("token") if isinstance(user, dict) else None
-    if not isinstance(token, str) or not token:
+    current = _string(config.get("current-context"), "current-context")
+    context = named("contexts", current, "context name").get("context") or {}
+    user_name = _string(context.get("user"), "context's user") if isinstance(context, dict) else None
+    user = named("users", user_name, "user name").get("user") or {}
+    token = _string(user.get("token"), "user's token") if isinstance(user, dict) else None
+    if not token:
         raise BadRequest("kubeconfig's current context has no user with a token; only token logins are supported.")
     return token
 

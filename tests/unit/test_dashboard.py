@@ -287,8 +287,7 @@ def test_neither_token_nor_kubeconfig(fields):
         "current-context: c\ncontexts: [{name: c, context: {user: ghost}}]\nusers: [{name: u, user: {token: a.b.c}}]",
         # the current context is not there
         "current-context: nope\ncontexts: [{name: c, context: {user: u}}]\nusers: [{name: u, user: {token: a.b.c}}]",
-        # a token that is not a string
-        "current-context: c\ncontexts: [{name: c, context: {user: u}}]\nusers: [{name: u, user: {token: 12345}}]",
+        # an empty token
         "current-context: c\ncontexts: [{name: c, context: {user: u}}]\nusers: [{name: u, user: {token: ''}}]",
         "current-context: c\ncontexts: [{name: c, context: 7}]\nusers: [{name: u, user: {token: a.b.c}}]",
         "apiVersion: v1\nkind: Config",
@@ -323,6 +322,160 @@ def test_kubeconfig_with_scalar_sections_is_a_bad_request(kubeconfig):
 
 def test_deeply_nested_kubeconfig_is_a_bad_request():
     bad_request(body({"kubeconfig": "[" * 20_000}))
+
+
+# A kubeconfig is read as text: every scalar is the string written (no YAML 1.1 types), no aliases, no tags.
+
+CONTEXT_AND_USER = "contexts: [{name: c, context: {user: u}}]\nusers: [{name: u, user: {token: %s}}]\n"
+
+
+def kubeconfig_token(text: str) -> str:
+    return dashboard.parse_login(body({"kubeconfig": text})).token
+
+
+@pytest.mark.parametrize(
+    "kubeconfig",
+    [
+        # the token, a name, the current context or a whole section by alias
+        f"current-context: c\nt: &t {SA}\n" + CONTEXT_AND_USER % "*t",
+        "current-context: &c c\ncontexts: [{name: *c, context: {user: u}}]\nusers: [{name: u, user: {token: a.b.c}}]",
+        "current-context: c\nx: &u [{name: u, user: {token: a.b.c}}]\ncontexts: [{name: c, context: {user: u}}]\nusers: *u",
+        # a merge key (<<) is an alias too
+        "base: &b {token: a.b.c}\ncurrent-context: c\ncontexts: [{name: c, context: {user: u}}]\n"
+        "users: [{name: u, user: {<<: *b}}]",
+        # an alias as a mapping key, and one that names no anchor
+        "a: &a k\n*a : v",
+        "current-context: *nowhere",
+        # billion laughs: tiny text, exponentially many values
+        "a: &a [x,x,x,x,x,x,x,x,x]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]\nc: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]\n"
+        "current-context: *c\ncontexts: [{name: *c}]",
+    ],
+)
+def test_a_kubeconfig_with_a_yaml_alias_is_refused_with_a_sentence_saying_so(kubeconfig):
+    message = bad_request(body({"kubeconfig": kubeconfig}))
+    assert message.startswith("kubeconfig ") and "aliases are not accepted" in message
+
+
+def test_anchors_without_aliases_change_nothing():
+    text = f"current-context: &cc c\ncontexts: &cs [{{name: c, context: {{user: u}}}}]\nusers: [{{name: u, user: {{token: &t {SA}}}}}]"
+    assert kubeconfig_token(text) == SA
+
+
+@pytest.mark.parametrize(
+    "kubeconfig, token",
+    [
+        # YAML 1.1 would make these an int, a base-60 int, a float, a bool, a null, a date: the kubeconfig means the text
+        ("current-context: c\n" + CONTEXT_AND_USER % "12345", "12345"),
+        ("current-context: c\n" + CONTEXT_AND_USER % "1:30", "1:30"),
+        ("current-context: c\n" + CONTEXT_AND_USER % "1e3", "1e3"),
+        ("current-context: c\n" + CONTEXT_AND_USER % "yes", "yes"),
+        ("current-context: c\n" + CONTEXT_AND_USER % "~", "~"),
+        ("current-context: c\n" + CONTEXT_AND_USER % "2001-02-30", "2001-02-30"),
+        ("current-context: c\n" + CONTEXT_AND_USER % "!!str 0x1F", "0x1F"),
+        # the same name, quoted on one side and plain on the other
+        ("current-context: '1:30'\ncontexts: [{name: 1:30, context: {user: 'on'}}]\nusers: [{name: on, user: {token: t}}]",
+         "t"),
+        ("current-context: 2001-12-14\ncontexts: [{name: '2001-12-14', context: {user: u}}]\n"
+         "users: [{name: u, user: {token: t}}]", "t"),
+    ],
+)
+def test_kubeconfig_scalars_are_the_text_written(kubeconfig, token):
+    assert kubeconfig_token(kubeconfig) == token
+
+
+@pytest.mark.parametrize("fields", [2, 50, 400])
+def test_a_base_60_number_too_large_for_a_float_is_just_a_name(fields):
+    # YAML 1.1 reads 1:0:...:0.5 as a base-60 float; a long one overflowed and answered 500.
+    name = "1" + ":0" * fields + ".5"
+    assert bad_request(body({"kubeconfig": f"current-context: {name}"})).startswith("kubeconfig's current context")
+    assert kubeconfig_token(f"current-context: {name}\n" + CONTEXT_AND_USER.replace("name: c", f"name: {name}") % "t") == "t"
+
+
+@pytest.mark.parametrize(
+    "kubeconfig",
+    [
+        "current-context: c\n" + CONTEXT_AND_USER % "!!binary YS5iLmM=",
+        "current-context: !!python/object/apply:os.system [true]",
+        "current-context: !!python/name:os.system ''",
+        "current-context: !custom c\n" + CONTEXT_AND_USER % "t",
+        "current-context: !<tag:example.com,2000:x> c\n" + CONTEXT_AND_USER % "t",
+        "%TAG ! tag:example.com,2000:\n---\ncurrent-context: !x c\n" + CONTEXT_AND_USER % "t",
+        "current-context: c\ncontexts: !!set {c}\n",
+        "current-context: !!int c",
+        "!!map [current-context, c]",
+    ],
+)
+def test_a_kubeconfig_with_a_yaml_tag_is_not_valid_yaml(kubeconfig):
+    assert bad_request(body({"kubeconfig": kubeconfig})) == "kubeconfig is not valid YAML."
+
+
+@pytest.mark.parametrize(
+    "kubeconfig, field",
+    [
+        ("current-context: [c]\n" + CONTEXT_AND_USER % "t", "current-context"),
+        ("current-context: {c: d}\n" + CONTEXT_AND_USER % "t", "current-context"),
+        ("current-context: c\ncontexts: [{name: [c], context: {user: u}}]\nusers: [{name: u, user: {token: t}}]",
+         "context name"),
+        ("current-context: c\ncontexts: [{name: c, context: {user: [u]}}]\nusers: [{name: u, user: {token: t}}]",
+         "context's user"),
+        ("current-context: c\ncontexts: [{name: c, context: {user: u}}]\nusers: [{name: {u: 1}, user: {token: t}}]",
+         "user name"),
+        ("current-context: c\n" + CONTEXT_AND_USER % "[a.b.c]", "user's token"),
+        ("current-context: c\n" + CONTEXT_AND_USER % "{a: b}", "user's token"),
+    ],
+)
+def test_a_non_string_name_or_token_in_a_kubeconfig_is_refused(kubeconfig, field):
+    assert bad_request(body({"kubeconfig": kubeconfig})) == f"kubeconfig's {field} must be a string."
+
+
+@pytest.mark.parametrize(
+    "kubeconfig",
+    [
+        "a: b\x00",  # a character YAML does not allow (reader)
+        "a: 'b\n\x07'",
+        "? [a, b]\n: c",  # a key that is a list (constructor: unhashable)
+        "? {a: b}\n: c",
+        "current-context: c\n---\ncurrent-context: d",  # two documents
+        "---\n...\n---\n",
+        "{" * 5_000 + "}" * 5_000,  # nesting deeper than the recursion limit
+        "- " * 5_000 + "x",
+        "[{a: " * 3_000 + "}]" * 3_000,
+        "%YAML 1.1\n%YAML 1.1\n--- a",
+        "%YAML 2.0\n--- a",
+    ],
+)
+def test_every_failure_of_the_yaml_parser_is_a_bad_request(kubeconfig):
+    message = bad_request(body({"kubeconfig": kubeconfig}))
+    assert message.startswith("kubeconfig ")
+
+
+@pytest.mark.parametrize("kubeconfig", ["[" * 2_000, "a: " + "[{b: " * 20, "- " * 40 + "x", "a:\n" + "- " * 40 + "x"])
+def test_a_kubeconfig_nested_far_deeper_than_a_kubeconfig_needs_is_refused(kubeconfig):
+    # PyYAML's scanner revisits every open "[" of a line for each token: 2 KB of "[" cost 0.6 s of CPU.
+    assert bad_request(body({"kubeconfig": kubeconfig})) == "kubeconfig is nested more than 32 levels deep."
+
+
+def test_nesting_within_the_limit_is_read():
+    nested = "[" * 28 + "x" + "]" * 28
+    assert kubeconfig_token(f"preferences: {nested}\ncurrent-context: c\n" + CONTEXT_AND_USER % "t") == "t"
+
+
+def test_a_kubeconfig_as_kubectl_writes_it_still_logs_in():
+    import yaml
+
+    ca = base64.b64encode(b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n").decode()
+    arn = "arn:aws:eks:eu-west-1:123456789012:cluster/prod"
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": arn, "cluster": {"server": "https://203.0.113.10:6443", "certificate-authority-data": ca}}],
+        "users": [{"name": "other", "user": {"token": "wrong.token.here"}}, {"name": arn, "user": {"token": SA}}],
+        "contexts": [{"name": arn, "context": {"cluster": arn, "user": arn, "namespace": "0123"}}],
+        "current-context": arn,
+        "preferences": {},
+    }
+    for text in (yaml.safe_dump(config, sort_keys=False), yaml.safe_dump(config, default_flow_style=True), json.dumps(config)):
+        assert kubeconfig_token(text) == SA
 
 
 def test_deeply_nested_json_body_is_a_bad_request():
