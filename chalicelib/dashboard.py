@@ -310,6 +310,18 @@ def login_status(headers) -> dict:
     }
 
 
+def _not_configured(error: Exception) -> str:
+    """Which setting is wrong, by kind only.
+
+    The exception's own text is for the log: it names the registry's absolute path, cluster names
+    and the JSON parser's line and column, none of which a caller on the internet needs.
+    """
+    if isinstance(error, KeyNotConfigured):
+        return "The service is not configured: it has no session key; set KEY_SECRET_ID (Secrets Manager) or KEY_FILE."
+    return ("The service is not configured: its cluster registry (CLUSTERS_FILE, or the KUBECONFIG context without it) "
+            "is missing or invalid; the service log names the problem.")
+
+
 def answer(operation: Callable[[], object]) -> Response:
     """Run one route's operation and speak its outcome, or its failure, as the Dashboard expects."""
     try:
@@ -330,7 +342,7 @@ def answer(operation: Callable[[], object]) -> Response:
         return text_error(404, "No such cluster; GET /api/v1/clusters lists the clusters served here.")
     except (ClusterConfigError, KeyNotConfigured) as error:
         logger.error("misconfigured: %s", error)
-        return text_error(503, f"The service is not configured: {error}.", retry_after=60)
+        return text_error(503, _not_configured(error), retry_after=60)
     except ClusterUnavailable as error:
         logger.error("cluster unavailable: %s", error)
         return text_error(503, "The cluster cannot check tokens right now; try again shortly.", error.retry_after)

@@ -5,6 +5,7 @@ import base64
 import hashlib
 import hmac
 import json
+import logging
 import time
 
 import pytest
@@ -694,15 +695,50 @@ def test_unavailable_is_503_with_retry_after_and_no_detail(error):
         assert secret_part not in response.body
 
 
-@pytest.mark.parametrize(
-    "error",
-    [
-        ClusterConfigError("clusters.json: cluster 'prod-eu' has no server"),
-        KeyNotConfigured("no key is configured: set KEY_SECRET_ID or KEY_FILE"),
-    ],
-)
-def test_misconfiguration_is_503_with_the_message(error):
+def broken_registries(tmp_path) -> list[ClusterConfigError]:
+    """The errors the real registry loader raises for a missing file, bad JSON and an unknown field."""
+    from chalicelib import clusters
+
+    ca = base64.b64encode(b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n").decode()
+    entry = {"name": "prod-eu", "server": "https://203.0.113.10:6443", "certificateAuthorityData": ca,
+             "reviewer": {"tokenFile": "t"}, "serverName": "x"}
+    errors = []
+    for text in (None, '{"clusters": [{"name": "prod-eu",}]}', json.dumps({"clusters": [entry]})):
+        path = tmp_path / f"registry-{len(errors)}" / "clusters.json"
+        if text is not None:
+            path.parent.mkdir()
+            path.write_text(text)
+        with pytest.raises(ClusterConfigError) as caught:
+            clusters.load_registry(str(path), str(tmp_path))
+        errors.append(caught.value)
+    return errors
+
+
+def test_a_broken_registry_is_503_naming_only_the_kind_of_problem(tmp_path, caplog):
+    for error in broken_registries(tmp_path):
+        detail = str(error)
+        assert str(tmp_path) in detail  # what the body must not carry is really there to leak
+        caplog.clear()
+        response = dashboard.answer(raising(error))
+        assert response.status_code == 503 and int(response.headers["Retry-After"]) > 0
+        assert response.headers["Content-Type"].startswith("text/plain")
+        assert response.body == (
+            "The service is not configured: its cluster registry (CLUSTERS_FILE, or the KUBECONFIG context without it) "
+            "is missing or invalid; the service log names the problem.\n"
+        )
+        for internal in (str(tmp_path), "clusters.json", "prod-eu", "line", "column", "serverName", "No such file"):
+            assert internal not in response.body
+        logged = [record.getMessage() for record in caplog.records if record.levelno == logging.ERROR]
+        assert logged == [f"misconfigured: {detail}"]
+
+
+def test_no_key_configured_is_503_naming_the_settings_to_give(caplog):
+    error = KeyNotConfigured("no key is configured: set KEY_SECRET_ID (Secrets Manager) or KEY_FILE (local file)")
     response = dashboard.answer(raising(error))
-    assert response.status_code == 503
-    assert str(error) in response.body
-    assert response.headers["Content-Type"].startswith("text/plain")
+    assert response.status_code == 503 and int(response.headers["Retry-After"]) > 0
+    assert response.body == (
+        "The service is not configured: it has no session key; set KEY_SECRET_ID (Secrets Manager) or KEY_FILE.\n"
+    )
+    assert [record.getMessage() for record in caplog.records if record.levelno == logging.ERROR] == [
+        f"misconfigured: {error}"
+    ]
