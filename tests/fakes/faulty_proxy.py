@@ -9,10 +9,17 @@ unchanged, and on demand answers instead of the upstream:
 * ``"throttle"``  HTTP 400 ``{"__type": "ThrottlingException", ...}``, Secrets Manager's rate limit;
 * ``"503"``       HTTP 503 ``{"__type": "ServiceUnavailable", ...}``, an overloaded front end;
 * ``"latency"``   waits ``delay`` seconds, then forwards (set it above botocore's read timeout to time out);
-* ``"drop"``      closes the connection without an answer (TCP RST), as a dying load balancer does.
+* ``"drop"``      closes the connection without an answer (TCP RST), as a dying load balancer does;
+* ``"stale"``     answers a read (``GetSecretValue``, ``ListSecretVersionIds``, ``DescribeSecret``) with
+  what the upstream answered to the same read (same operation, ``SecretId``, ``VersionId`` and
+  ``VersionStage``) when the proxy last forwarded it, as an error or not; with no earlier answer it
+  forwards. This is a stand-in for Secrets Manager's eventual consistency, which moto cannot show
+  (every moto read sees every write at once): a read served by a replica that has not caught up
+  with a write answers as things stood before it.
 
 An injection applies to the next ``times`` matching requests (``None``: until ``clear()``), optionally
-only to one operation (the ``X-Amz-Target`` suffix, e.g. ``"GetSecretValue"``). Every request is
+only to one operation (the ``X-Amz-Target`` suffix, e.g. ``"GetSecretValue"``) and one
+``VersionStage`` (e.g. ``"AWSCURRENT"``). Every request is
 counted per operation, whether it was failed here or forwarded, so a test can say exactly how
 many calls the service made, including to an endpoint that is down. When the upstream itself is
 unreachable (the moto server stopped) the proxy drops the client's connection, as a dead endpoint
@@ -34,7 +41,8 @@ from collections import Counter
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-FAULT_KINDS = frozenset({"500", "throttle", "503", "latency", "drop"})
+FAULT_KINDS = frozenset({"500", "throttle", "503", "latency", "drop", "stale"})
+READ_OPERATIONS = frozenset({"GetSecretValue", "ListSecretVersionIds", "DescribeSecret"})
 UPSTREAM_TIMEOUT_SECONDS = 10.0
 IDLE_TIMEOUT_SECONDS = 30.0
 MAX_BODY_BYTES = 1024 * 1024
@@ -48,6 +56,7 @@ class _Injection:
     remaining: int | None  # None: until cleared
     operation: str | None
     delay: float
+    stage: str | None = None
 
 
 @dataclass(frozen=True)
@@ -57,6 +66,7 @@ class Entry:
     operation: str
     version_stage: str | None
     outcome: str  # "forwarded", "upstream-down", or the fault kind ("latency": delayed, then forwarded)
+    secret_id: str | None = None
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -72,16 +82,25 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return
         body = self.rfile.read(length)
         operation = (self.headers.get("X-Amz-Target") or "").rpartition(".")[2] or "unknown"
-        stage = _version_stage(body)
-        injection = proxy._take(operation)
+        read = _read_of(operation, body)
+        stage, secret_id = read[3], read[1]
+        injection = proxy._take(operation, stage)
         kind = injection.kind if injection else None
+        if kind == "stale":
+            earlier = proxy._earlier_answer(read)
+            if earlier is not None:
+                proxy._record(operation, stage, "stale", secret_id)
+                self._answer(*earlier)
+                return
+            kind = None  # nothing older to serve: the read sees the upstream as it is
         if kind == "latency":
-            proxy._record(operation, stage, "latency")  # counted on arrival: the client may give up meanwhile
+            # counted on arrival: the client may give up meanwhile
+            proxy._record(operation, stage, "latency", secret_id)
             if self.server.stopped.wait(injection.delay):
                 self._drop()
                 return
         if kind in ("500", "throttle", "503", "drop"):
-            proxy._record(operation, stage, kind)
+            proxy._record(operation, stage, kind, secret_id)
             if kind == "drop":
                 self._drop()
             else:
@@ -91,11 +110,16 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             status, headers, answer = proxy._forward(self.command, self.path, self.headers, body)
         except OSError:
             if kind != "latency":
-                proxy._record(operation, stage, "upstream-down")
+                proxy._record(operation, stage, "upstream-down", secret_id)
             self._drop()
             return
         if kind != "latency":
-            proxy._record(operation, stage, "forwarded")
+            proxy._record(operation, stage, "forwarded", secret_id)
+        if operation in READ_OPERATIONS:
+            proxy._remember(read, (status, headers, answer))
+        self._answer(status, headers, answer)
+
+    def _answer(self, status: int, headers, answer: bytes) -> None:
         self.send_response(status)
         for name, value in headers:
             if name.lower() not in _HOP_BY_HOP and name.lower() != "content-length":
@@ -134,13 +158,20 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         """Silenced: the proxy's own log is `entries`."""
 
 
-def _version_stage(body: bytes) -> str | None:
+def _read_of(operation: str, body: bytes) -> tuple[str, str | None, str | None, str | None]:
+    """(operation, SecretId, VersionId, VersionStage) of a request: what makes two reads the same read."""
     try:
         document = json.loads(body or b"{}")
     except ValueError:
-        return None
-    stage = document.get("VersionStage") if isinstance(document, dict) else None
-    return stage if isinstance(stage, str) else None
+        document = None
+    if not isinstance(document, dict):
+        document = {}
+
+    def text(name: str) -> str | None:
+        value = document.get(name)
+        return value if isinstance(value, str) else None
+
+    return operation, text("SecretId"), text("VersionId"), text("VersionStage")
 
 
 class _ProxyServer(http.server.ThreadingHTTPServer):
@@ -208,6 +239,7 @@ class FaultyProxy:
         self._lock = threading.Lock()
         self._injections: list[_Injection] = []
         self._entries: list[Entry] = []
+        self._answers: dict[tuple, tuple] = {}  # the last upstream answer to each read, for "stale"
         self._port = 0
         self._server: _ProxyServer | None = None
         self._thread: threading.Thread | None = None
@@ -261,19 +293,29 @@ class FaultyProxy:
 
     # ------------------------------------------------------------------ faults
 
-    def inject(self, kind: str, times: int | None = None, operation: str | None = None, delay: float = 0.0) -> None:
-        """Fail the next `times` requests (None: every request until clear()), optionally of one operation.
+    def inject(
+        self,
+        kind: str,
+        times: int | None = None,
+        operation: str | None = None,
+        delay: float = 0.0,
+        stage: str | None = None,
+    ) -> None:
+        """Fail the next `times` requests (None: every request until clear()), optionally of one
+        operation and one VersionStage.
 
         Injections queue up: the oldest one still matching a request applies to it.
         """
         if kind not in FAULT_KINDS:
             raise ValueError(f"unknown fault {kind!r}; expected one of {sorted(FAULT_KINDS)}")
+        if kind == "stale" and operation not in READ_OPERATIONS:
+            raise ValueError(f"stale answers are for one read operation: {sorted(READ_OPERATIONS)}")
         if times is not None and times < 1:
             raise ValueError("times must be a positive count or None")
         if kind == "latency" and not 0 < delay <= 60:
             raise ValueError("latency needs 0 < delay <= 60 seconds")
         with self._lock:
-            self._injections.append(_Injection(kind, times, operation, delay))
+            self._injections.append(_Injection(kind, times, operation, delay, stage))
 
     def clear(self) -> None:
         with self._lock:
@@ -305,10 +347,10 @@ class FaultyProxy:
 
     # ------------------------------------------------------------------ internals
 
-    def _take(self, operation: str) -> _Injection | None:
+    def _take(self, operation: str, stage: str | None) -> _Injection | None:
         with self._lock:
             for injection in self._injections:
-                if injection.operation in (None, operation):
+                if injection.operation in (None, operation) and injection.stage in (None, stage):
                     if injection.remaining is not None:
                         injection.remaining -= 1
                         if injection.remaining == 0:
@@ -316,9 +358,17 @@ class FaultyProxy:
                     return injection
         return None
 
-    def _record(self, operation: str, stage: str | None, outcome: str) -> None:
+    def _record(self, operation: str, stage: str | None, outcome: str, secret_id: str | None = None) -> None:
         with self._lock:
-            self._entries.append(Entry(operation, stage, outcome))
+            self._entries.append(Entry(operation, stage, outcome, secret_id))
+
+    def _remember(self, read: tuple, answer: tuple) -> None:
+        with self._lock:
+            self._answers[read] = answer
+
+    def _earlier_answer(self, read: tuple) -> tuple | None:
+        with self._lock:
+            return self._answers.get(read)
 
     def _forward(self, method: str, path: str, headers, body: bytes):
         connection = http.client.HTTPConnection(*self._upstream, timeout=UPSTREAM_TIMEOUT_SECONDS)
