@@ -18,7 +18,7 @@ from typing import Callable
 from chalice import Response
 
 from .clusters import ClusterConfigError, ClusterUnavailable, NotAuthenticated, UnknownCluster
-from .keys import KeyNotConfigured, KeyRefetchDeferred, KeyStoreUnavailable
+from .keys import KeyNotConfigured, KeyStoreUnavailable
 from .sessions import InvalidToken, SessionExpired
 
 logger = logging.getLogger(__name__)
@@ -347,8 +347,7 @@ def answer(operation: Callable[[], object]) -> Response:
         logger.error("cluster unavailable: %s", error)
         return text_error(503, "The cluster cannot check tokens right now; try again shortly.", error.retry_after)
     except KeyStoreUnavailable as error:
-        log = logger.info if isinstance(error, KeyRefetchDeferred) else logger.error
-        log("key store unavailable: %s", error)
+        logger.error("key store unavailable: %s", error)
         return text_error(503, "The session key is unavailable right now; try again shortly.", RETRY_AFTER_SECONDS)
     except Exception:  # a bug of ours: the client learns nothing, the log gets the (scrubbed) trace
         logger.exception("unexpected error")

@@ -2,13 +2,15 @@
 
 Secrets Manager holds the key in the Dashboard's own format (see DESIGN.md), so one key can
 serve this service and an in-cluster Dashboard v2. Every version of the secret is a key; its
-VersionId is the `kid` stamped on the tokens it seals. AWSCURRENT seals, AWSCURRENT and
-AWSPREVIOUS open, so a rotation logs nobody out.
+VersionId is the `kid` stamped on the tokens it seals. AWSCURRENT, AWSPREVIOUS and AWSPENDING
+open; AWSCURRENT seals once every container can be relied on to know it (KeyCache says when),
+AWSPREVIOUS until then, so a rotation logs nobody out.
 
-Bootstrap is race-free without locks: a container that finds no usable key writes one under a
-ClientRequestToken derived from what it found, so every container that found the same thing
-writes the same version id, Secrets Manager keeps the first and refuses the rest, and the
-losers read the winner's key. Nothing ever overwrites a usable key.
+Bootstrap is race-free without locks, and safe when reads lag writes: a container that finds no
+usable key writes a candidate under a ClientRequestToken derived from what it found (so every
+container that found the same thing writes the same version id, and Secrets Manager keeps the
+first), then moves AWSCURRENT onto it with a compare-and-set that Secrets Manager refuses if
+AWSCURRENT is no longer where the container saw it. Nothing ever overwrites a usable key.
 """
 from __future__ import annotations
 
@@ -34,8 +36,21 @@ KEY_BITS = 2048  # the Dashboard's size; tokens stay small enough for a header
 _PUBLIC_LABEL = "RSA PUBLIC KEY"  # the Dashboard's label for a PKIX key; kept for compatibility
 _PROBE_PADDING = padding.OAEP(mgf=padding.MGF1(algorithm=hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
 _BOOTSTRAP_NAMESPACE = uuid.UUID("6f1d8a52-3c0e-4b5e-9a51-4d1f3e0b7c21")
+_IN_USE = frozenset({"AWSCURRENT", "AWSPREVIOUS", "AWSPENDING"})
+# A bootstrap candidate waits under this label until the compare-and-set makes it AWSCURRENT. Not
+# AWSPENDING: that belongs to a rotation in flight, whose steps would take the candidate for theirs.
+CANDIDATE_STAGE = "DASHBOARD_AUTH_CANDIDATE"
+MAX_VERSION_PAGES = 10  # Secrets Manager keeps about 100 versions; 100 per page
 UNKNOWN_KID_REFETCH_INTERVAL = 5.0
+# How long after a write a Secrets Manager read may still miss it. AWS gives no figure; reads
+# normally see a write at once, so this is a generous allowance, paid only as a later switch.
+READ_LAG_ALLOWANCE = 5.0
 RETRY_AFTER_FAILURE = 10.0
+
+
+def mint_delay() -> float:
+    """Seconds a container holds a new AWSCURRENT key before it seals with it (see KeyCache)."""
+    return UNKNOWN_KID_REFETCH_INTERVAL + READ_LAG_ALLOWANCE
 
 
 class UnusableKey(ValueError):
@@ -44,10 +59,6 @@ class UnusableKey(ValueError):
 
 class KeyStoreUnavailable(RuntimeError):
     """The key cannot be read or created right now; the message is for the log, not the client."""
-
-
-class KeyRefetchDeferred(KeyStoreUnavailable):
-    """An unknown kid arrived while the container may not ask the store again yet."""
 
 
 class KeyNotConfigured(KeyStoreUnavailable):
@@ -69,19 +80,22 @@ class SessionKey:
 
 @dataclass(frozen=True)
 class KeySet:
+    """What Secrets Manager holds: the keys by staging label, and the kids that were ours once."""
+
     current: SessionKey
     previous: SessionKey | None = None
-    retired: frozenset[str] = frozenset()  # kids that were ours once: their tokens expired, not forged
+    pending: SessionKey | None = None  # a rotation in flight; it opens, so its tokens never surprise us
+    retired: frozenset[str] = frozenset()  # listed, no longer labelled: their tokens expired, not forged
 
     def all(self) -> list[SessionKey]:
-        return [self.current] + ([self.previous] if self.previous else [])
+        return [key for key in (self.current, self.previous, self.pending) if key is not None]
 
     def by_kid(self, kid: str) -> SessionKey | None:
         return next((key for key in self.all() if key.kid == kid), None)
 
 
 class KeyStore(Protocol):
-    def fetch(self, with_retired: bool = False) -> KeySet: ...
+    def fetch(self) -> KeySet: ...
 
 
 def new_secret_value() -> str:
@@ -152,19 +166,19 @@ class SecretsManagerKeyStore:
         self._secret_id = secret_id
         self._client_factory = client_factory
 
-    def fetch(self, with_retired: bool = False) -> KeySet:
-        """Current and previous keys; with_retired also lists the versions rotated out (one more call)."""
+    def fetch(self) -> KeySet:
+        """Current, previous and pending keys, and the versions rotated out."""
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
-            return self._fetch_or_bootstrap(with_retired)
+            return self._fetch_or_bootstrap()
         except ClientError as error:
             code = error.response.get("Error", {}).get("Code", "unknown")
             raise KeyStoreUnavailable(f"Secrets Manager refused {self._secret_id!r}: {code}") from None
         except BotoCoreError as error:
             raise KeyStoreUnavailable(f"Secrets Manager unreachable: {type(error).__name__}") from None
 
-    def _fetch_or_bootstrap(self, with_retired: bool) -> KeySet:
+    def _fetch_or_bootstrap(self) -> KeySet:
         for _ in range(4):
             version_id, text = self._read("AWSCURRENT")
             if version_id is None:
@@ -174,26 +188,31 @@ class SecretsManagerKeyStore:
                 current = parse_secret_value(version_id, text)
             except UnusableKey as why:
                 logger.warning("key secret version %s is unusable (%s); replacing it", version_id, why)
-                self._write_key(replacing=version_id)
+                self._install(self._token(version_id), replacing=version_id)
                 continue
-            previous = self._read_previous()
-            retired = self._retired_versions(current, previous) if with_retired else frozenset()
-            return KeySet(current=current, previous=previous, retired=retired)
+            stages = self._version_stages()
+            previous = self._read_other("AWSPREVIOUS", current)
+            has_pending = any("AWSPENDING" in labels and "AWSCURRENT" not in labels for labels in stages.values())
+            pending = self._read_other("AWSPENDING", current) if has_pending else None
+            held = {key.kid for key in (current, previous, pending) if key is not None}
+            # Only a version that lost every label is retired: one listed with a label we could not
+            # read (a pending version not filled in yet) may still turn up, so it stays unknown.
+            retired = frozenset(v for v, labels in stages.items() if not labels & _IN_USE and v not in held)
+            return KeySet(current=current, previous=previous, pending=pending, retired=retired)
         raise KeyStoreUnavailable("no usable key settled in the secret after several attempts")
 
-    def _retired_versions(self, current: SessionKey, previous: SessionKey | None) -> frozenset[str]:
+    def _version_stages(self) -> dict[str, frozenset[str]]:
         client = self._client_factory()
-        in_use = {current.kid} | ({previous.kid} if previous else set())
-        retired: set[str] = set()
+        stages: dict[str, frozenset[str]] = {}
         request = {"SecretId": self._secret_id, "IncludeDeprecated": True, "MaxResults": 100}
-        while True:
+        for _ in range(MAX_VERSION_PAGES):
             page = client.list_secret_version_ids(**request)
             for version in page["Versions"]:
-                if "AWSPENDING" not in version.get("VersionStages", []):
-                    retired.add(version["VersionId"])
+                stages[version["VersionId"]] = frozenset(version.get("VersionStages", ()))
             if not page.get("NextToken"):
-                return frozenset(retired - in_use)
+                break
             request["NextToken"] = page["NextToken"]
+        return stages
 
     def _read(self, stage: str) -> tuple[str | None, str | None]:
         client = self._client_factory()
@@ -203,14 +222,14 @@ class SecretsManagerKeyStore:
             return None, None
         return answer["VersionId"], answer.get("SecretString")
 
-    def _read_previous(self) -> SessionKey | None:
-        version_id, text = self._read("AWSPREVIOUS")
-        if version_id is None:
+    def _read_other(self, stage: str, current: SessionKey) -> SessionKey | None:
+        version_id, text = self._read(stage)
+        if version_id is None or version_id == current.kid:
             return None
         try:
             return parse_secret_value(version_id, text)
         except UnusableKey as why:
-            logger.warning("previous key version %s is unusable (%s); ignoring it", version_id, why)
+            logger.warning("%s key version %s is unusable (%s); ignoring it", stage, version_id, why)
             return None
 
     def _token(self, replacing: str) -> str:
@@ -226,23 +245,47 @@ class SecretsManagerKeyStore:
                 Description="Session-token key for the Kubernetes Dashboard login service",
             )
             logger.info("created the key secret %s", self._secret_id)
+            return
         except client.exceptions.ResourceExistsException:
-            # Another container created it first (then we read its key next), or the secret
-            # exists with no current value at all, which every container fills the same way.
-            if self._read("AWSCURRENT")[0] is None:
-                self._write_key(replacing="no-current-version")
+            pass
+        # Another container created it (our read lagged, or it won the race), or the secret exists
+        # with no value at all. Only the second needs a key, and the compare-and-set below cannot
+        # take AWSCURRENT from the first, however stale this read is.
+        if self._read("AWSCURRENT")[0] is None:
+            self._install(self._token("no-current-version"), replacing=None)
 
-    def _write_key(self, replacing: str) -> None:
+    def _install(self, token: str, replacing: str | None) -> None:
+        """Make a new key AWSCURRENT if, and only if, AWSCURRENT is still where we saw it.
+
+        `replacing` is the (unusable) version we saw as AWSCURRENT, or None when we saw none.
+        UpdateSecretVersionStage refuses to move AWSCURRENT unless RemoveFromVersionId names the
+        version holding it, so a container whose read lagged loses the compare-and-set instead of
+        replacing a usable key. The caller reads again either way.
+        """
         client = self._client_factory()
         try:
-            client.put_secret_value(
+            answer = client.put_secret_value(
                 SecretId=self._secret_id,
                 SecretString=new_secret_value(),
-                ClientRequestToken=self._token(replacing),
+                ClientRequestToken=token,
+                VersionStages=[CANDIDATE_STAGE],
             )
-            logger.info("wrote a new key version to %s", self._secret_id)
+            if "AWSCURRENT" in answer.get("VersionStages", ()):
+                # Secrets Manager makes a secret's first version AWSCURRENT whatever labels it is
+                # given; there was no current key to lose.
+                logger.info("wrote a new key version to %s", self._secret_id)
+                return
         except client.exceptions.ResourceExistsException:
-            pass  # another container wrote this version first: we read theirs next
+            pass  # another container wrote this candidate first: install theirs
+        move = {"SecretId": self._secret_id, "VersionStage": "AWSCURRENT", "MoveToVersionId": token}
+        if replacing is not None:
+            move["RemoveFromVersionId"] = replacing
+        try:
+            client.update_secret_version_stage(**move)
+        except client.exceptions.InvalidParameterException:
+            logger.info("AWSCURRENT of %s moved since it was read; reading it again", self._secret_id)
+            return
+        logger.info("wrote a new key version to %s", self._secret_id)
 
 
 class FileKeyStore:
@@ -251,7 +294,7 @@ class FileKeyStore:
     def __init__(self, path: str):
         self._path = path
 
-    def fetch(self, with_retired: bool = False) -> KeySet:
+    def fetch(self) -> KeySet:
         try:
             with open(self._path, encoding="utf-8") as handle:
                 text = handle.read()
@@ -281,15 +324,40 @@ class FileKeyStore:
 
 
 class KeyCache:
-    """How long a container trusts the key set it fetched; kept apart from the store that fetches.
+    """How long a container trusts the key set it fetched, which key it seals with, and what a kid
+    it does not hold costs; kept apart from the store that fetches.
 
+    Trust:
     - Within `ttl` the cached set is used as it is.
     - Past `ttl` it is fetched again; if the store is unreachable, a warm container keeps serving
       its cached keys for up to `grace` more seconds, trying the store again at most every
-      RETRY_AFTER_FAILURE seconds so that requests do not each wait for a dead endpoint.
-    - A kid we do not know may be a rotation we have not seen yet, so it triggers a refetch, but
-      at most one per UNKNOWN_KID_REFETCH_INTERVAL: made-up kids cannot drive Secrets Manager calls.
-      Inside that interval an unknown kid is deferred (503, retry), never declared a forgery.
+      RETRY_AFTER_FAILURE seconds after a failed fetch of any kind, so that requests do not each
+      wait for a dead endpoint. A cold
+      container, or one past the grace, has nothing to judge a token by: KeyStoreUnavailable (503).
+
+    Looking up a kid (`candidates`): a key we hold opens it; a retired kid is an expired session;
+    any other kid is not ours, after at most one refetch. The container asks the store again only
+    if its last fetch, of any kind, began UNKNOWN_KID_REFETCH_INTERVAL or more ago, so made-up kids
+    cost at most one fetch per interval per container, and never a 5xx: a kid that may not refetch
+    yet, or whose refetch failed while the cached keys are still served, is simply not ours. A
+    failed CSRF check gets the same single chance (`accepts`), since a CSRF token names no key.
+
+    Sealing (`mint_key`): a new AWSCURRENT seals only once this container has held it for
+    mint_delay() = UNKNOWN_KID_REFETCH_INTERVAL + READ_LAG_ALLOWANCE seconds; until then
+    AWSPREVIOUS does (a first key, with no previous, seals at once). Why that refuses no token of
+    a rotation: say container A first held new key K at h (the end of the fetch that read it), so
+    K was readable at h; A seals under K at m >= h + mint_delay(); the token reaches container B
+    at r >= m; B's last fetch began at b.
+    - If b >= h + READ_LAG_ALLOWANCE, that fetch saw K (AWSPENDING, AWSCURRENT or AWSPREVIOUS):
+      B holds K.
+    - Otherwise r - b > mint_delay() - READ_LAG_ALLOWANCE = UNKNOWN_KID_REFETCH_INTERVAL: B may
+      refetch now, and that fetch sees K.
+    Only durations are compared, each on one container's monotonic clock, so no clock skew enters,
+    and nothing rests on Secrets Manager's CreatedDate, which can precede the moment a version's
+    value became readable (RotateSecret stages the version before createSecret fills it in). The
+    argument is the same for CSRF tokens. It fails only when B's store is unreachable just when B
+    must refetch: an outage. A key retires at the second rotation after it began sealing, so
+    rotations must stay KEY_CACHE_TTL + mint_delay() + TOKEN_TTL apart.
     """
 
     def __init__(
@@ -301,9 +369,10 @@ class KeyCache:
         self._clock = clock
         self._lock = threading.Lock()
         self._keys: KeySet | None = None
-        self._fetched_at = 0.0
+        self._fetched_at = 0.0  # start of the last fetch that succeeded
+        self._attempted_at = float("-inf")  # start of the last fetch tried, whatever its outcome
         self._retry_at = 0.0
-        self._unknown_kid_fetch_at = float("-inf")
+        self._held_since: dict[str, float] = {}  # kid -> when a fetch first brought us that key
 
     def keys(self) -> KeySet:
         with self._lock:
@@ -315,41 +384,78 @@ class KeyCache:
             if stale_usable and now < self._retry_at:
                 return self._keys
             try:
-                self._refetch()
+                self._fetch()
             except KeyStoreUnavailable as error:
                 if not stale_usable:
                     raise
-                self._retry_at = now + RETRY_AFTER_FAILURE
                 logger.warning("serving cached keys (%.0f s old) while the key store is unavailable: %s", age, error)
             return self._keys
 
-    def candidates(self, kid: str | None) -> list[SessionKey]:
-        """The keys that may have sealed a token with this kid (no kid: a Dashboard-minted token)."""
+    def mint_key(self) -> SessionKey:
+        """The key to seal session tokens and CSRF tokens with now."""
         keys = self.keys()
-        if kid is None:
-            return keys.all()
-        key = keys.by_kid(kid)
-        if key is not None:
-            return [key]
+        if keys.previous is None:
+            return keys.current
         with self._lock:
-            key = self._keys.by_kid(kid)  # another request may have refetched meanwhile
-            if key is None:
-                now = self._clock()
-                if now - self._unknown_kid_fetch_at < UNKNOWN_KID_REFETCH_INTERVAL:
-                    # Maybe a rotation we have not seen, maybe a forgery: "try again shortly" logs
-                    # nobody out, and costs Secrets Manager nothing.
-                    raise KeyRefetchDeferred(f"unknown kid; the key set was refetched under {UNKNOWN_KID_REFETCH_INTERVAL:.0f} s ago")
-                self._unknown_kid_fetch_at = now
-                self._refetch(with_retired=True)  # so that a rotated-out kid can be told from a forged one
+            held_since = self._held_since.get(keys.current.kid)
+            now = self._clock()
+        if held_since is not None and now - held_since >= mint_delay():
+            return keys.current
+        return keys.previous
+
+    def candidates(self, kid: str | None) -> list[SessionKey]:
+        """The keys that may have sealed a token with this kid (no kid: a Dashboard-minted token).
+
+        Empty for a kid that is not ours and for a retired one (`is_retired` tells them apart).
+        """
+        seen = self.keys()
+        if kid is None:
+            return seen.all()
+        key = seen.by_kid(kid)
+        if key is None and kid not in seen.retired:
+            with self._lock:
+                if self._keys is seen:  # else another request refetched meanwhile: look there
+                    self._refetch_if_allowed("a kid it does not hold")
                 key = self._keys.by_kid(kid)
         return [key] if key is not None else []
 
+    def accepts(self, test: Callable[[KeySet], bool]) -> bool:
+        """Whether the key set passes `test`, given one refetch on the terms of an unknown kid."""
+        seen = self.keys()
+        if test(seen):
+            return True
+        with self._lock:
+            if self._keys is seen:
+                self._refetch_if_allowed("a CSRF token none of its keys made")
+            fresh = self._keys
+        return fresh is not seen and test(fresh)
+
     def is_retired(self, kid: str | None) -> bool:
-        """Whether the set that `candidates` last fetched lists this kid as rotated out (no refetch)."""
+        """Whether the cached set lists this kid as rotated out (no refetch)."""
         with self._lock:
             return kid is not None and self._keys is not None and kid in self._keys.retired
 
-    def _refetch(self, with_retired: bool = False) -> None:
+    def _refetch_if_allowed(self, reason: str) -> None:
+        """With the lock held: fetch again unless a fetch began less than the interval ago."""
+        if self._clock() - self._attempted_at < UNKNOWN_KID_REFETCH_INTERVAL:
+            return
+        try:
+            self._fetch()
+        except KeyStoreUnavailable as error:
+            # keys() has just said the cached set is still to be served; judge by it.
+            logger.warning("could not refetch the key set for %s: %s", reason, error)
+
+    def _fetch(self) -> None:
+        """With the lock held: fetch the set and note since when each of its keys is held."""
         started = self._clock()  # the age counts from before the read, so ttl bounds staleness strictly
-        self._keys = self._store.fetch(with_retired=with_retired)
-        self._fetched_at = started
+        self._attempted_at = started
+        try:
+            keys = self._store.fetch()
+        except KeyStoreUnavailable:
+            # Whatever asked, the store is down: the regular refetch waits too, so that during an
+            # outage fetches of both kinds together stay one per UNKNOWN_KID_REFETCH_INTERVAL.
+            self._retry_at = started + RETRY_AFTER_FAILURE
+            raise
+        held_at = self._clock()  # after the read: the latest moment the keys can have become readable
+        self._held_since = {key.kid: self._held_since.get(key.kid, held_at) for key in keys.all()}
+        self._keys, self._fetched_at = keys, started

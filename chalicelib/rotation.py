@@ -1,9 +1,12 @@
 """Secrets Manager rotation of the session key: the four steps AWS calls, each idempotent.
 
-A new key becomes AWSCURRENT and the old one AWSPREVIOUS, so every token minted before the
-rotation still refreshes (and comes back under the new kid); containers learn of the new key
-within KEY_CACHE_TTL, or at once when they meet its kid. Secrets Manager retries a step that
-failed, so each step first checks whether it has already been done.
+A new key is written as AWSPENDING, then becomes AWSCURRENT and the old one AWSPREVIOUS, so every
+token minted before the rotation still refreshes. Containers hold the new key from their next
+fetch (within KEY_CACHE_TTL, or at once when they meet a kid or CSRF token they do not hold) and
+seal with it once they have held it for keys.mint_delay(); until then a refresh comes back under
+the old kid. A key retires (its sessions must log in again) at the second rotation after it began
+sealing. Secrets Manager retries a step that failed, so each step first checks whether it has
+already been done.
 """
 from __future__ import annotations
 

@@ -52,7 +52,7 @@ class Service:
         cluster = self.cluster(cluster_name)
         self._check_csrf("login", csrf, raw_body)
         spec = dashboard.parse_login(raw_body)
-        key = self._keys.keys().current  # before asking the cluster: no key, no point
+        key = self._keys.mint_key()  # before asking the cluster: no key, no point
         if not sessions.looks_like_jwt(spec.token):
             raise NotAuthenticated()  # ServiceAccount tokens are JWTs; don't send anything else to a cluster
         self._issuers.verify(cluster, spec.token)  # a forgery stops here, before the cluster hears of it
@@ -90,7 +90,7 @@ class Service:
                 logger.info("refresh: cluster=%s no longer accepts the session's ServiceAccount", cluster.name)
                 raise sessions.SessionExpired() from None
             reviewed_at = now
-        key = self._keys.keys().current
+        key = self._keys.mint_key()
         renewed = sessions.Claims(
             issued_at=now,
             expires_at=self._expiry(cluster, now, auth_time=claims.auth_time, token_expiry=token_expiry),
@@ -102,7 +102,7 @@ class Service:
 
     def csrf_token(self, cluster_name: str | None, action: str) -> str:
         self.cluster(cluster_name)
-        return dashboard.csrf_token(self._keys.keys().current.csrf_secret, dashboard.csrf_action(action))
+        return dashboard.csrf_token(self._keys.mint_key().csrf_secret, dashboard.csrf_action(action))
 
     def login_modes(self, cluster_name: str | None) -> dict:
         self.cluster(cluster_name)
@@ -131,8 +131,10 @@ class Service:
             raise dashboard.BodyTooLarge()  # before any work, the CSRF check included
         if not self._settings.csrf_enforce:
             return
-        secrets = [key.csrf_secret for key in self._keys.keys().all()]
-        if not dashboard.csrf_valid(token, secrets, action):
+        # Any key of the set made it; one the container has not fetched yet earns one refetch.
+        if not self._keys.accepts(
+            lambda keys: dashboard.csrf_valid(token, [key.csrf_secret for key in keys.all()], action)
+        ):
             raise dashboard.CsrfRejected()
 
     def _open(self, envelope: sessions.Envelope) -> str:

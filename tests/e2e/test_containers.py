@@ -102,7 +102,9 @@ def test_cold_containers_released_at_once_agree_on_one_key(
         new_versions = _version_ids(secrets_client, secret_id) - versions_before
         assert len(new_versions) == 1, f"{len(new_versions)} key versions were written: {sorted(new_versions)}"
         (kid,) = new_versions
-        current = secrets_client.get_secret_value(SecretId=secret_id)
+        # VersionStage explicitly: moto's default version does not follow UpdateSecretVersionStage,
+        # which the bootstrap's compare-and-set uses to make a replacement key current.
+        current = secrets_client.get_secret_value(SecretId=secret_id, VersionStage="AWSCURRENT")
         assert current["VersionId"] == kid
         key = keys.parse_secret_value(kid, current["SecretString"])
         tokens = [answer["body"]["jweToken"] for answer in logins]
@@ -137,7 +139,7 @@ def test_cold_containers_released_at_once_agree_on_one_key(
             assert dashboard.csrf_valid(answer["body"]["token"], [key.csrf_secret], "login")
 
         # ---- the key was not replaced meanwhile, and nothing secret (or a stack trace) was logged
-        assert secrets_client.get_secret_value(SecretId=secret_id)["VersionId"] == kid
+        assert secrets_client.get_secret_value(SecretId=secret_id, VersionStage="AWSCURRENT")["VersionId"] == kid
         assert _version_ids(secrets_client, secret_id) - versions_before == {kid}
         logs = [container.log() for container in containers]
         for i, text in enumerate(logs):

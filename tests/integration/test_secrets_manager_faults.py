@@ -1,5 +1,5 @@
 """Secrets Manager misbehaving under a running service: retries, the stale-key grace, cold starts,
-recovery, no overwrite after a failed read, and the unknown-kid flood.
+recovery, no overwrite after a failed read, and the made-up-kid flood.
 
 The service runs the production code path (chalice.test.Client, boto3 with the production retry
 config) with AWS_ENDPOINT_URL_SECRETS_MANAGER pointing at tests/fakes' FaultyProxy, which forwards
@@ -307,6 +307,8 @@ def test_a_warm_container_picks_up_a_rotation_made_during_the_outage(
     start_service, proxy, admin, secret_id, key_version, cluster_a, monkeypatch
 ):
     monkeypatch.setattr(keys, "RETRY_AFTER_FAILURE", 0.5)  # the production 10 s, shortened
+    monkeypatch.setattr(keys, "UNKNOWN_KID_REFETCH_INTERVAL", 0.3)  # and the 10 s mint delay with it
+    monkeypatch.setattr(keys, "READ_LAG_ALLOWANCE", 0.1)
     frontend = start_service(KEY_CACHE_TTL=1, KEY_CACHE_GRACE=60)
     token = cluster_a.login_token()
     session = login_ok(frontend, token)
@@ -319,6 +321,8 @@ def test_a_warm_container_picks_up_a_rotation_made_during_the_outage(
     proxy.clear()  # Secrets Manager is back
     time.sleep(0.6)  # past RETRY_AFTER_FAILURE
 
+    assert sessions.parse(login_ok(frontend, token)).kid == key_version  # the new key is held, not yet sealed with
+    time.sleep(keys.mint_delay())
     assert sessions.parse(login_ok(frontend, token)).kid == rotated
     assert sessions.parse(refresh_ok(frontend, session)).kid == rotated  # the old kid is AWSPREVIOUS now
     assert proxy.forwarded["GetSecretValue"] >= 2
@@ -347,61 +351,100 @@ def test_a_failed_read_never_writes_over_the_good_key(
     assert sessions.parse(login_ok(frontend, cluster_a.login_token())).kid == key_version
 
 
-# ---------------------------------------------------------------- the unknown-kid flood
+# ---------------------------------------------------------------- the made-up-kid flood
 
-@pytest.mark.parametrize("store", ["up", "down"])
-def test_an_unknown_kid_flood_costs_one_fetch_per_interval_and_keeps_the_good_key(
-    start_service, proxy, key_version, cluster_a, store
+UNAUTHORIZED = (401, b"MSG_LOGIN_UNAUTHORIZED_ERROR\n")
+
+
+def flood(frontend, session: str, count: int, pause: float = 0.0) -> tuple[list, float]:
+    """`count` refreshes of `session` under random kids, as one client fires them; (answers, seconds)."""
+    csrf = frontend.csrf("token")
+    started = time.monotonic()
+    answers = []
+    for _ in range(count):
+        forged = with_kid(session, str(uuid.uuid4()))
+        response = frontend.post("/api/v1/token/refresh", {"jweToken": forged}, None, headers={"X-CSRF-TOKEN": csrf})
+        answers.append((response.status_code, response.body))
+        if pause:
+            time.sleep(pause)
+    return answers, time.monotonic() - started
+
+
+def report(name: str, answers: list, proxy) -> None:
+    calls = ", ".join(f"{operation} {count}" for operation, count in sorted(proxy.counts.items())) or "none"
+    print(f"\n[{name}] {len(answers)} refreshes with made-up kids: {answers.count(UNAUTHORIZED)} answered 401 "
+          f"MSG_LOGIN_UNAUTHORIZED_ERROR; key fetches {current_fetches(proxy)}; Secrets Manager calls: {calls}")
+
+
+def test_a_made_up_kid_flood_right_after_a_fetch_is_all_401_and_costs_nothing_within_the_interval(
+    start_service, proxy, key_version, cluster_a, monkeypatch
+):
+    monkeypatch.setattr(keys, "UNKNOWN_KID_REFETCH_INTERVAL", 3600.0)  # the whole flood inside one interval
+    frontend = start_service()
+    session = login_ok(frontend, cluster_a.login_token())  # the container's regular fetch
+    proxy.reset_counts()
+
+    answers, _ = flood(frontend, session, 300)
+
+    report("right after a fetch", answers, proxy)
+    assert answers == [UNAUTHORIZED] * 300
+    assert proxy.counts == {}  # the fetch just made already held every key a genuine token can name
+    assert sessions.parse(refresh_ok(frontend, session)).kid == key_version
+
+
+def test_a_made_up_kid_flood_is_all_401_and_refetches_at_most_once_per_interval(
+    start_service, proxy, key_version, cluster_a
 ):
     frontend = start_service()
     session = login_ok(frontend, cluster_a.login_token())
-    csrf = frontend.csrf("token")
-    if store == "down":
-        proxy.inject("drop")
+    time.sleep(keys.UNKNOWN_KID_REFETCH_INTERVAL)  # the first made-up kid may refetch
     proxy.reset_counts()
 
-    started = time.monotonic()
-    answers = []
-    for _ in range(200):
-        forged = with_kid(session, str(uuid.uuid4()))
-        response = frontend.post("/api/v1/token/refresh", {"jweToken": forged}, None, headers={"X-CSRF-TOKEN": csrf})
-        answers.append(response)
-    elapsed = time.monotonic() - started
+    answers, elapsed = flood(frontend, session, 300)
 
-    for response in answers:
-        if response.status_code == 401:
-            assert response.body == b"MSG_LOGIN_UNAUTHORIZED_ERROR\n"
-        else:
-            assert_unavailable(response)  # deferred: "try again shortly"
+    report("production interval", answers, proxy)
+    assert answers == [UNAUTHORIZED] * 300
     windows = 1 + int(elapsed // keys.UNKNOWN_KID_REFETCH_INTERVAL)
-    assert 1 <= current_fetches(proxy) <= windows * (attempts_per_call() if store == "down" else 1)
-    assert proxy.counts["GetSecretValue"] <= windows * (attempts_per_call() if store == "down" else 2)
+    assert 1 <= current_fetches(proxy) <= windows
+    # a fetch: GetSecretValue AWSCURRENT, ListSecretVersionIds, GetSecretValue AWSPREVIOUS
+    assert proxy.counts["GetSecretValue"] <= 2 * windows and proxy.counts["ListSecretVersionIds"] <= windows
+    assert sessions.parse(refresh_ok(frontend, session)).kid == key_version
 
-    proxy.clear()
-    assert sessions.parse(refresh_ok(frontend, session)).kid == key_version  # the good key was never evicted
 
-
-def test_a_paced_unknown_kid_flood_refetches_again_only_after_each_interval(
+def test_a_paced_made_up_kid_flood_refetches_again_only_after_each_interval(
     start_service, proxy, key_version, cluster_a, monkeypatch
 ):
     monkeypatch.setattr(keys, "UNKNOWN_KID_REFETCH_INTERVAL", 0.25)  # the production 5 s, shortened
     frontend = start_service()
     session = login_ok(frontend, cluster_a.login_token())
-    csrf = frontend.csrf("token")
     proxy.reset_counts()
 
-    started = time.monotonic()
-    statuses = []
-    for _ in range(200):  # spread over more than a second, so over several intervals
-        forged = with_kid(session, str(uuid.uuid4()))
-        statuses.append(
-            frontend.post("/api/v1/token/refresh", {"jweToken": forged}, None, headers={"X-CSRF-TOKEN": csrf}).status_code
-        )
-        time.sleep(0.005)
-    elapsed = time.monotonic() - started
+    answers, elapsed = flood(frontend, session, 200, pause=0.005)  # over several intervals
 
-    assert set(statuses) <= {401, 503}
+    report("paced, 0.25 s interval", answers, proxy)
+    assert answers == [UNAUTHORIZED] * 200
     windows = 1 + int(elapsed // keys.UNKNOWN_KID_REFETCH_INTERVAL)
     assert 2 <= current_fetches(proxy) <= windows  # it does look again (a real rotation is found), but rarely
-    assert statuses.count(401) == current_fetches(proxy)  # each refetch settles one kid as not ours
     assert sessions.parse(refresh_ok(frontend, session)).kid == key_version
+
+
+@pytest.mark.parametrize("cache", ["fresh", "stale-within-grace"])
+def test_a_made_up_kid_flood_during_an_outage_is_all_401_and_tries_the_store_once_per_interval(
+    start_service, proxy, moto, key_version, cluster_a, cache, monkeypatch
+):
+    monkeypatch.setattr(keys, "UNKNOWN_KID_REFETCH_INTERVAL", 0.5)  # the production 5 s, shortened
+    frontend = start_service(**({"KEY_CACHE_TTL": 1, "KEY_CACHE_GRACE": 600} if cache != "fresh" else {}))
+    session = login_ok(frontend, cluster_a.login_token())
+    moto.stop()
+    if cache != "fresh":
+        time.sleep(1.2)  # past KEY_CACHE_TTL: the cached keys are served from the grace
+    proxy.reset_counts()
+
+    answers, elapsed = flood(frontend, session, 200, pause=0.01)  # over several intervals
+
+    report(f"outage, {cache} cache", answers, proxy)
+    assert answers == [UNAUTHORIZED] * 200  # not 503: a made-up kid is not ours, whatever Secrets Manager says
+    windows = 1 + int(elapsed // keys.UNKNOWN_KID_REFETCH_INTERVAL)
+    assert 1 <= current_fetches(proxy) <= windows * attempts_per_call()
+    assert set(proxy.counts) == {"GetSecretValue"} and {e.outcome for e in proxy.entries} == {"upstream-down"}
+    assert sessions.parse(refresh_ok(frontend, session)).kid == key_version  # the good key still opens

@@ -5,7 +5,6 @@ SecretsManagerKeyStore is tested elsewhere against a real moto server.
 from __future__ import annotations
 
 import base64
-import dataclasses
 import hashlib
 import json
 import stat
@@ -243,7 +242,7 @@ def test_unusable_values_are_refused_without_quoting_them(value, unusable_values
 
 # ------------------------------------------------------------------ KeySet
 
-def test_key_set_all_and_by_kid(key_a, key_b):
+def test_key_set_all_and_by_kid(key_a, key_b, key_c):
     both = KeySet(current=key_b, previous=key_a)
     assert both.all() == [key_b, key_a]
     assert both.by_kid("v1") is key_a
@@ -252,6 +251,10 @@ def test_key_set_all_and_by_kid(key_a, key_b):
     alone = KeySet(current=key_a)
     assert alone.all() == [key_a]
     assert alone.by_kid("v2") is None
+    rotating = KeySet(current=key_b, previous=key_a, pending=key_c, retired=frozenset({"v0"}))
+    assert rotating.all() == [key_b, key_a, key_c]
+    assert rotating.by_kid("v3") is key_c
+    assert rotating.by_kid("v0") is None  # retired: listed, not held
 
 
 # ------------------------------------------------------------------ FileKeyStore
@@ -325,6 +328,8 @@ def test_a_key_path_that_is_a_directory_is_unavailable(tmp_path):
 # ------------------------------------------------------------------ KeyCache: the policy, with a counting fake store
 
 class Clock:
+    """A monotonic clock the test moves by hand."""
+
     def __init__(self, now: float = 10_000.0):
         self.now = now
 
@@ -333,18 +338,30 @@ class Clock:
 
 
 class CountingStore:
-    """Stands in for Secrets Manager; `keys` is what it would return now (its retired versions, as
-    SecretsManagerKeyStore does, only when asked for them: that costs Secrets Manager another call)."""
+    """Stands in for Secrets Manager; `keys` is what it would return now. `fetch_takes` moves the
+    clock during each fetch, as a read over the network takes time."""
 
-    def __init__(self, key_set: KeySet):
+    def __init__(self, key_set: KeySet, clock: Clock | None = None, fetch_takes: float = 0.0):
         self.keys = key_set
         self.fetches = 0
-        self.with_retired: list[bool] = []  # per fetch: was the list of retired versions asked for?
+        self.up = True
+        self._clock, self._takes = clock, fetch_takes
 
-    def fetch(self, with_retired: bool = False) -> KeySet:
+    def fetch(self) -> KeySet:
         self.fetches += 1
-        self.with_retired.append(with_retired)
-        return self.keys if with_retired else dataclasses.replace(self.keys, retired=frozenset())
+        if self._clock is not None:
+            self._clock.now += self._takes
+        if not self.up:
+            raise KeyStoreUnavailable("Secrets Manager unreachable: EndpointConnectionError")
+        return self.keys
+
+
+INTERVAL = keys.UNKNOWN_KID_REFETCH_INTERVAL
+
+
+@pytest.fixture(scope="module")
+def key_c() -> keys.SessionKey:
+    return keys.parse_secret_value("v3", keys.new_secret_value())
 
 
 def test_cache_fetches_once_within_ttl(key_a):
@@ -378,70 +395,73 @@ def test_zero_ttl_fetches_every_time(key_a):
     assert store.fetches == 3
 
 
-def test_candidates_without_kid_are_all_keys(key_a, key_b):
-    cache = KeyCache(CountingStore(KeySet(current=key_b, previous=key_a)), ttl=300, clock=Clock())
-    assert cache.candidates(None) == [key_b, key_a]
+def test_candidates_without_kid_are_all_keys_the_pending_one_too(key_a, key_b, key_c):
+    cache = KeyCache(CountingStore(KeySet(current=key_b, previous=key_a, pending=key_c)), ttl=300, clock=Clock())
+    assert cache.candidates(None) == [key_b, key_a, key_c]
 
 
-def test_candidates_for_a_known_kid_is_that_key_only(key_a, key_b):
-    store = CountingStore(KeySet(current=key_b, previous=key_a))
-    clock = Clock()
+def test_candidates_for_a_known_kid_is_that_key_only_and_costs_no_fetch(key_a, key_b, key_c):
+    store, clock = CountingStore(KeySet(current=key_b, previous=key_a, pending=key_c)), Clock()
     cache = KeyCache(store, ttl=300, clock=clock)
     assert cache.candidates("v1") == [key_a]
-    clock.now += keys.UNKNOWN_KID_REFETCH_INTERVAL * 10
+    clock.now += INTERVAL * 10
     assert cache.candidates("v2") == [key_b]
+    assert cache.candidates("v3") == [key_c]  # sealed by a container that already switched
     assert store.fetches == 1
 
 
-def candidates_or_deferred(cache, kid):
-    try:
-        return cache.candidates(kid)
-    except keys.KeyRefetchDeferred:
-        return "deferred"
-
-
-def test_unknown_kids_refetch_at_most_once_per_interval(key_a):
+def test_an_unknown_kid_is_never_deferred_and_refetches_at_most_once_per_interval(key_a):
     store, clock = CountingStore(KeySet(key_a)), Clock()
-    interval = keys.UNKNOWN_KID_REFETCH_INTERVAL
     cache = KeyCache(store, ttl=3600, clock=clock)
     cache.keys()
-    assert store.fetches == 1
+    clock.now += INTERVAL  # the regular fetch is an interval old
 
     answers = []
     for i in range(200):  # an attacker's stream of made-up kids, all within one interval
-        answers.append(candidates_or_deferred(cache, f"made-up-{i}"))
-        clock.now += interval / 400
-    assert answers[0] == [] and set(answers[1:]) == {"deferred"}
+        answers.append(cache.candidates(f"made-up-{i}"))
+        clock.now += INTERVAL / 400
+    assert answers == [[]] * 200  # no exception: not ours, a plain 401
+    assert store.fetches == 2  # the first one refetched; the rest found the last fetch too recent
+
+    clock.now += INTERVAL
+    assert [cache.candidates(f"more-{i}") for i in range(50)] == [[]] * 50
+    assert store.fetches == 3
+
+
+def test_an_unknown_kid_right_after_a_regular_fetch_does_not_refetch(key_a):
+    """Any fetch counts: a kid minted before it began is either in it or, past the interval, refetched."""
+    store, clock = CountingStore(KeySet(key_a)), Clock()
+    cache = KeyCache(store, ttl=300, clock=clock)
+    cache.keys()
+    clock.now += 300  # past the ttl: the next use is a regular refetch
+    assert cache.candidates("x0") == []
+    assert store.fetches == 2
+    assert [cache.candidates(f"x{i}") for i in range(1, 100)] == [[]] * 99
     assert store.fetches == 2
 
-    clock.now += interval
-    answers = [candidates_or_deferred(cache, f"more-{i}") for i in range(50)]
-    assert answers[0] == [] and set(answers[1:]) == {"deferred"}
-    assert store.fetches == 3
-    assert store.with_retired == [False, True, True]  # only the unknown-kid refetches list retired versions
 
-
-def test_a_retired_kid_is_told_from_a_forged_one_after_the_unknown_kid_refetch(key_a, key_b):
+def test_a_retired_kid_is_refused_as_retired_every_time_without_a_fetch(key_a, key_b):
     store, clock = CountingStore(KeySet(current=key_b, previous=key_a, retired=frozenset({"v0"}))), Clock()
-    cache = KeyCache(store, ttl=300, clock=clock)
-    assert cache.keys().retired == frozenset()  # a regular fetch does not pay for the version list
-    clock.now += 300
+    cache = KeyCache(store, ttl=3600, clock=clock)
     cache.keys()
-    assert store.with_retired == [False, False]
-
-    assert cache.candidates("v0") == []
-    assert store.with_retired == [False, False, True]
-    assert cache.is_retired("v0")
+    for _ in range(100):
+        clock.now += INTERVAL  # each try would be allowed a refetch; a retired kid needs none
+        assert cache.candidates("v0") == []
+        assert cache.is_retired("v0")
+    assert store.fetches == 1
     assert not cache.is_retired("forged") and not cache.is_retired(None) and not cache.is_retired("v1")
 
 
-def test_an_unknown_kid_right_after_a_regular_fetch_still_refetches_once(key_a):
-    store, clock = CountingStore(KeySet(key_a)), Clock()
+def test_a_kid_retired_since_the_last_fetch_is_told_apart_after_the_refetch(key_a, key_b, key_c):
+    store, clock = CountingStore(KeySet(current=key_b, previous=key_a)), Clock()
     cache = KeyCache(store, ttl=3600, clock=clock)
     cache.keys()
-    answers = [candidates_or_deferred(cache, f"x{i}") for i in range(20)]
-    assert answers[0] == [] and set(answers[1:]) == {"deferred"}
+    store.keys = KeySet(current=key_c, previous=key_b, retired=frozenset({"v1"}))  # a rotation elsewhere
+    clock.now += INTERVAL
+    assert cache.candidates("v1") == [key_a]  # still held here: the cached set is trusted within its ttl
+    assert cache.candidates("v0") == []  # unknown: refetched, and now v1 is known to be retired
     assert store.fetches == 2
+    assert cache.candidates("v1") == [] and cache.is_retired("v1")
 
 
 def test_a_kid_that_appears_after_a_refetch_is_found(key_a, key_b):
@@ -449,35 +469,159 @@ def test_a_kid_that_appears_after_a_refetch_is_found(key_a, key_b):
     cache = KeyCache(store, ttl=3600, clock=clock)
     cache.keys()
     store.keys = KeySet(current=key_b, previous=key_a)  # rotated elsewhere; our ttl has not run out
+    clock.now += INTERVAL
     assert cache.candidates("v2") == [key_b]
     assert store.fetches == 2
-    assert cache.keys().current is key_b  # and the cache now mints with the new key
+    assert cache.keys().current is key_b
     assert store.fetches == 2
 
 
-def test_a_new_kid_inside_the_interval_is_deferred_not_refused(key_a, key_b):
+def test_during_an_outage_an_unknown_kid_is_not_ours_while_the_cached_keys_are_served(key_a):
+    store, clock = CountingStore(KeySet(key_a)), Clock()
+    cache = KeyCache(store, ttl=300, grace=600, clock=clock)
+    cache.keys()
+    store.up = False
+
+    clock.now += 100  # within the ttl
+    assert [cache.candidates(f"f{i}") for i in range(100)] == [[]] * 100
+    assert store.fetches == 2  # one attempt, failed
+    clock.now += 300  # past the ttl, within the grace
+    assert [cache.candidates(f"g{i}") for i in range(100)] == [[]] * 100
+    assert cache.candidates("v1") == [key_a]  # the good key still opens
+    assert store.fetches == 3  # the regular refetch failed; the unknown kids found it too recent
+
+    # Regular refetches and unknown kids together: one attempt per interval, never more.
+    attempts_before, started = store.fetches, clock.now
+    for i in range(1000):
+        clock.now += INTERVAL / 50
+        assert cache.candidates(f"h{i}") == []
+    assert store.fetches - attempts_before <= 1 + (clock.now - started) // INTERVAL
+
+    clock.now = 10_000.0 + 300 + 600 + 1  # past ttl + grace: nothing left to judge by
+    with pytest.raises(KeyStoreUnavailable):
+        cache.candidates("z")
+
+
+def test_a_cold_container_during_an_outage_cannot_judge_any_kid(key_a):
+    store = CountingStore(KeySet(key_a))
+    store.up = False
+    cache = KeyCache(store, ttl=300, grace=600, clock=Clock())
+    for kid in ("made-up", "v1", None):
+        with pytest.raises(KeyStoreUnavailable):
+            cache.candidates(kid)
+
+
+def test_accepts_gives_a_failed_check_one_refetch_per_interval(key_a, key_b):
     store, clock = CountingStore(KeySet(key_a)), Clock()
     cache = KeyCache(store, ttl=3600, clock=clock)
-    assert cache.candidates("forged") == []
-    store.keys = KeySet(current=key_b, previous=key_a)  # a real rotation lands just after
-    clock.now += keys.UNKNOWN_KID_REFETCH_INTERVAL / 2
-    assert candidates_or_deferred(cache, "v2") == "deferred"  # try again shortly: nobody is logged out
-    clock.now += keys.UNKNOWN_KID_REFETCH_INTERVAL / 2
-    assert cache.candidates("v2") == [key_b]
+    made_by_b = lambda key_set: key_set.by_kid("v2") is not None  # noqa: E731 - a CSRF token of key_b's
+    assert cache.accepts(lambda key_set: key_set.current is key_a)
+    assert store.fetches == 1
+
+    assert not cache.accepts(made_by_b)  # the set was just fetched: no refetch
+    assert store.fetches == 1
+    store.keys = KeySet(current=key_b, previous=key_a)
+    clock.now += INTERVAL
+    assert cache.accepts(made_by_b)
+    assert store.fetches == 2
+    assert [cache.accepts(lambda key_set: False) for _ in range(100)] == [False] * 100
+    assert store.fetches == 2
+
+
+# ------------------------------------------------------------------ KeyCache: which key seals
+
+def test_a_first_key_with_no_previous_seals_at_once(key_a):
+    cache = KeyCache(CountingStore(KeySet(key_a)), ttl=300, clock=Clock())
+    assert cache.mint_key() is key_a
+
+
+def test_a_new_current_key_seals_only_once_held_for_the_mint_delay(key_a, key_b):
+    clock = Clock()
+    store = CountingStore(KeySet(key_a), clock, fetch_takes=0.5)
+    cache = KeyCache(store, ttl=60, clock=clock)
+    assert cache.mint_key() is key_a
+    store.keys = KeySet(current=key_b, previous=key_a)
+    clock.now += 60
+    assert cache.mint_key() is key_a  # the refetch brought key_b; it is not sealed with yet
+    held = clock.now  # the end of that fetch
+    clock.now = held + keys.mint_delay() - 0.001
+    assert cache.mint_key() is key_a
+    assert cache.candidates("v2") == [key_b]  # it opens already, of course
+    clock.now = held + keys.mint_delay()
+    assert cache.mint_key() is key_b
+    assert store.fetches == 2
+
+
+def test_a_key_first_held_as_pending_counts_from_then(key_a, key_b):
+    clock = Clock()
+    store = CountingStore(KeySet(current=key_a, pending=key_b), clock)
+    cache = KeyCache(store, ttl=60, clock=clock)
+    cache.keys()
+    clock.now += keys.mint_delay()
+    store.keys = KeySet(current=key_b, previous=key_a)  # the rotation finished
+    clock.now += 60
+    assert cache.mint_key() is key_b
+
+
+def test_a_cold_container_holds_the_current_key_for_the_delay_and_seals_with_the_previous(key_a, key_b):
+    clock = Clock()
+    cache = KeyCache(CountingStore(KeySet(current=key_b, previous=key_a)), ttl=300, clock=clock)
+    assert cache.mint_key() is key_a
+    clock.now += keys.mint_delay()
+    assert cache.mint_key() is key_b
+
+
+def _first_seal_under_new_key(sealer: KeyCache, clock: Clock, new_kid: str) -> None:
+    """Advance the clock to the first moment the sealer's mint_key is the new key."""
+    for _ in range(10_000):
+        if sealer.mint_key().kid == new_kid:
+            return
+        clock.now += 0.05
+    raise AssertionError("the sealer never switched to the new key")
+
+
+@pytest.mark.parametrize("fetch_takes", [0.0, 0.4])
+@pytest.mark.parametrize("last_fetch_before", [0.01, 1.0, INTERVAL / 2, INTERVAL - 0.01, INTERVAL + 1, 299.0])
+def test_a_token_sealed_under_a_new_key_opens_in_a_container_that_fetched_just_before_it_existed(
+    key_a, key_b, last_fetch_before, fetch_takes
+):
+    """The argument of KeyCache's docstring, on one clock: B fetched `last_fetch_before` s before
+    key_b was written; A fetches right after, seals under key_b as soon as it may, and B opens it."""
+    clock = Clock()
+    store = CountingStore(KeySet(key_a), clock, fetch_takes=fetch_takes)
+    sealer = KeyCache(store, ttl=300, clock=clock)
+    receiver = KeyCache(store, ttl=300, clock=clock)
+    sealer.keys()
+    clock.now += 400  # A's cached set is past its ttl: A's next use fetches
+    receiver.keys()  # B's last fetch
+    clock.now += last_fetch_before
+    store.keys = KeySet(current=key_b, previous=key_a)  # the rotation lands
+    _first_seal_under_new_key(sealer, clock, "v2")  # A fetches at once and seals as early as it may
+
+    assert receiver.candidates("v2") == [key_b]
+
+
+def test_without_the_mint_delay_such_a_token_would_be_refused(key_a, key_b):
+    """The control for the test above: sealing under a new key the moment it is held is not safe."""
+    clock = Clock()
+    store = CountingStore(KeySet(key_a), clock)
+    receiver = KeyCache(store, ttl=300, clock=clock)
+    receiver.keys()  # B fetches...
+    clock.now += 1.0
+    store.keys = KeySet(current=key_b, previous=key_a)  # ...1 s before the rotation lands
+    eager = KeyCache(store, ttl=300, clock=clock)
+    assert eager.keys().current is key_b  # a container that would seal under key_b now
+    clock.now += 1.0
+    assert receiver.candidates("v2") == []  # B may not refetch yet: a real session refused
+
+
+def test_the_mint_delay_covers_the_refetch_interval_and_the_read_lag():
+    assert keys.mint_delay() == keys.UNKNOWN_KID_REFETCH_INTERVAL + keys.READ_LAG_ALLOWANCE
+    assert keys.READ_LAG_ALLOWANCE > 0
 
 
 def test_a_warm_cache_serves_its_keys_through_an_outage_for_the_grace_period(key_a):
-    class Flaky:
-        def __init__(self):
-            self.up, self.fetches = True, 0
-
-        def fetch(self, with_retired=False):
-            self.fetches += 1
-            if not self.up:
-                raise KeyStoreUnavailable("Secrets Manager unreachable: EndpointConnectionError")
-            return KeySet(key_a)
-
-    store, clock = Flaky(), Clock()
+    store, clock = CountingStore(KeySet(key_a)), Clock()
     cache = KeyCache(store, ttl=300, grace=600, clock=clock)
     assert cache.keys().current is key_a
     fetched_at = clock.now
@@ -501,12 +645,10 @@ def test_a_warm_cache_serves_its_keys_through_an_outage_for_the_grace_period(key
 
 
 def test_a_failing_store_surfaces_as_unavailable(key_a):
-    class Failing:
-        def fetch(self, with_retired=False):
-            raise KeyStoreUnavailable("Secrets Manager unreachable: EndpointConnectionError")
-
+    store = CountingStore(KeySet(key_a))
+    store.up = False
     with pytest.raises(KeyStoreUnavailable):
-        KeyCache(Failing(), ttl=300, clock=Clock()).keys()
+        KeyCache(store, ttl=300, clock=Clock()).keys()
 
 
 def test_a_private_key_with_corrupted_crt_values_is_unusable_not_silently_accepted():
