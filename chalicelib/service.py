@@ -197,7 +197,7 @@ def key_store(settings: Settings):
 
 
 class _NoKeyStore:
-    def fetch(self, with_retired: bool = False):
+    def fetch(self):
         raise KeyNotConfigured("no key is configured: set KEY_SECRET_ID (Secrets Manager) or KEY_FILE (local file)")
 
 

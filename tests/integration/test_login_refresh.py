@@ -306,17 +306,23 @@ def test_an_unusable_secret_value_is_replaced_by_a_key(
     assert sessions.parse(token).kid == stored_key(secrets_client, secret_id).kid
 
 
-def test_tokens_under_the_previous_key_still_refresh(configure, secrets_client, secret_id, registry, cluster_a):
+def test_tokens_under_the_previous_key_still_refresh(configure, secrets_client, secret_id, registry, cluster_a, monkeypatch):
     frontend = DashboardFrontend(configure(KEY_SECRET_ID=secret_id, CLUSTERS_FILE=registry))
     old_token = login_ok(frontend, cluster_a.login_token())
+    old_kid = sessions.parse(old_token).kid
     secrets_client.put_secret_value(SecretId=secret_id, SecretString=keys.new_secret_value())
 
     fresh = DashboardFrontend(configure(KEY_SECRET_ID=secret_id, CLUSTERS_FILE=registry))
     response = fresh.refresh(old_token)
+    assert response.status_code == 200, response.body
+    # the new key is not sealed with until every container that meets its kid is sure to find it
+    assert sessions.parse(body_json(response)["jweToken"]).kid == old_kid
 
+    monkeypatch.setattr(keys, "mint_delay", lambda: 0.0)  # as if that delay had passed
+    response = fresh.refresh(old_token)
     assert response.status_code == 200, response.body
     new_kid = sessions.parse(body_json(response)["jweToken"]).kid
-    assert new_kid == stored_key(secrets_client, secret_id).kid != sessions.parse(old_token).kid
+    assert new_kid == stored_key(secrets_client, secret_id).kid != old_kid
 
 
 def test_a_token_under_a_key_we_do_not_hold_is_refused(frontend, cluster_a):
