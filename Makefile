@@ -1,7 +1,8 @@
 # Build, test and package the dashboard-auth Chalice app.  GNU make.
 #
 #   make install    create $(VENV) if missing and install requirements-dev.txt (only when they changed)
-#   make test       run the whole test suite (unit, integration, e2e, slow) with pytest
+#   make test       run the whole test suite (unit, integration, e2e, browser, slow) with pytest;
+#                   tests/browser drives /usr/bin/chromium (apt-get install chromium; .ci/run does)
 #   make run        serve the API locally on http://127.0.0.1:$(PORT) (chalice local --stage local)
 #   make package    chalice package --stage $(STAGE) into build/$(STAGE) (SAM template + deployment.zip)
 #   make lint-cfn   cfn-lint the packaged template
@@ -46,7 +47,20 @@ test: install
 # Runs from this directory whatever the caller's cwd (make -C works too). Without CLUSTERS_FILE
 # the local stage uses the current kubeconfig context; without one, the server still starts and
 # logins answer 503 explaining what to configure. The key is created in .local/key.json.
+#
+# The local settings are defaults given here, not in .chalice/config.json: `chalice local` applies
+# a stage's environment_variables OVER the process environment, so anything there would beat the
+# shell. Here the shell wins: `CSRF_ENFORCE=false make run`, `TOKEN_TTL=60 make run`,
+# `LOG_LEVEL=DEBUG make run`, `KEY_SECRET_ID=... make run` (KEY_FILE is then unused).
+# CORS_ALLOWED_ORIGINS is the exception for now: the local stage still sets it (http://localhost:8080),
+# because tests/e2e/test_chalice_local.py relies on the stage's value; edit it there.
+run: export KEY_FILE ?= .local/key.json
+run: export TOKEN_TTL ?= 900
+run: export CSRF_ENFORCE ?= true
+run: export LOG_LEVEL ?= INFO
 run: install
+	@if [ -n "$${CORS_ALLOWED_ORIGINS:-}" ]; then \
+	  echo "note: CORS_ALLOWED_ORIGINS from the environment is ignored: .chalice/config.json's local stage sets it" >&2; fi
 	cd $(CURDIR) && $(CHALICE) local --stage local --port $(PORT)
 
 # Only app.py and chalicelib/ are deployed: the deployed stages read chalicelib/clusters.json.
