@@ -10,7 +10,8 @@ For the whole run, in the pytest process:
 2. Every secret the run creates is registered, by wrapping (behaviour unchanged) the places that
    make or handle them: the ServiceAccount tokens the fake clusters issue and every token sealed
    into (`sessions.mint`) or opened from (`sessions.decrypt`) a session; reviewer and static-user
-   tokens of the fake clusters; EKS reviewer tokens; every session key made
+   tokens of the fake clusters; EKS reviewer tokens and the SigV4 parts of their presigned URLs; the
+   secret key and session token of every AWS credentials botocore signs with; every session key made
    (`keys.new_secret_value`) or loaded (`keys.parse_secret_value`): its priv and pub PEM body lines
    and its CSRF secret; the encrypted members of every session token minted.
 3. Every response the app gives in this process (`Chalice.__call__`, which chalice.test.Client and
@@ -23,6 +24,10 @@ logger (or the route), and up to 200 characters around the hit with every secret
 Secrets and where they may not appear:
     ServiceAccount token (whole, and its signature segment)      logs, response bodies
     reviewer token, static user token, EKS reviewer token        logs, response bodies
+    EKS reviewer token's base64 part, and its presigned URL's    logs, response bodies
+      X-Amz-Signature, X-Amz-Security-Token and X-Amz-Credential
+      (access key id with scope), as in the URL and decoded
+    AWS secret access key and session token botocore signs with  logs, response bodies
     session key priv/pub PEM body lines (> 40 chars)             logs, response bodies
     session key CSRF secret (first 40 chars)                     logs, response bodies
     session token (JWE) encrypted_key / ciphertext               logs (a body carries them by design)
@@ -47,6 +52,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 
 import pytest
 from awslambdaric.lambda_runtime_log_utils import JsonFormatter
@@ -66,6 +72,12 @@ _GRAM = 16  # the scan probes the text every _STEP chars with a _GRAM-char slice
 _STEP = 16
 _SESSION = "(outside any test)"
 _JWT = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
+_EKS_PREFIX = "k8s-aws-v1."
+_SIGV4_PARAMETERS = {
+    "X-Amz-Signature": "EKS presigned URL signature",
+    "X-Amz-Security-Token": "EKS presigned URL session token",
+    "X-Amz-Credential": "EKS presigned URL credential (access key id with scope)",
+}
 
 
 class _Secrets:
@@ -99,6 +111,27 @@ class _Secrets:
                         self.add(f"session key {half} PEM line", line)
         if isinstance(csrf, str):
             self.add("session key CSRF secret", csrf[:CSRF_PREFIX_CHARS])
+
+    def eks_token(self, token: object) -> None:
+        """The token, and the parts of its presigned URL from which it can be rebuilt (a log line may carry
+        them one by one: botocore's signer prints the canonical request and the signature)."""
+        if not isinstance(token, str) or not token.startswith(_EKS_PREFIX):
+            return
+        self.add("EKS reviewer token", token)
+        encoded = token[len(_EKS_PREFIX):]
+        self.add("EKS reviewer token (its base64 part)", encoded)
+        url = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode()
+        for pair in urllib.parse.urlsplit(url).query.split("&"):
+            name, _, value = pair.partition("=")
+            kind = _SIGV4_PARAMETERS.get(name)
+            if kind:
+                self.add(kind, value)
+                self.add(kind, urllib.parse.unquote(value))
+
+    def aws_credentials(self, frozen: object) -> None:
+        self.add("AWS secret access key", getattr(frozen, "secret_key", None))
+        self.add("AWS session token", getattr(frozen, "token", None))
+        self.add("AWS session token (URL-encoded)", urllib.parse.quote(getattr(frozen, "token", None) or "", safe=""))
 
     def session_token(self, text: object) -> None:
         document = json.loads(text)
@@ -289,7 +322,11 @@ class LeakGuard:
         self._wrap(keys, "parse_secret_value", loaded_key)
         self._wrap(sessions, "mint", minted)
         self._wrap(sessions, "decrypt", lambda token, a, k: secrets.service_account_token(token))
-        self._wrap(clusters, "eks_token", lambda token, a, k: secrets.add("EKS reviewer token", token))
+        self._wrap(clusters, "eks_token", lambda token, a, k: secrets.eks_token(token))
+        from botocore.credentials import Credentials, RefreshableCredentials
+
+        for credentials in (Credentials, RefreshableCredentials):  # what every SigV4 signature is made with
+            self._wrap(credentials, "get_frozen_credentials", lambda frozen, a, k: secrets.aws_credentials(frozen))
         self._wrap(Chalice, "__call__", self._record_response)
 
     def _record_response(self, response, args, kwargs) -> None:

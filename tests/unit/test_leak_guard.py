@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import urllib.parse
 
 import pytest
 
@@ -44,6 +45,22 @@ def test_logs_key_material():
     remember(pem_line, csrf[:40])
     logging.getLogger("botocore.credentials").debug("loaded %s", pem_line)
     logging.getLogger("chalicelib.keys").info("csrf key %s", csrf)
+
+def test_logs_a_presigned_url_the_filter_missed(monkeypatch):
+    # presigning is local botocore work with fake credentials: no STS, no network
+    import base64, boto3
+    from chalicelib import clusters, logs
+    session = boto3.session.Session(
+        region_name="eu-west-1", aws_access_key_id="AKIAIOSFODNN7EXAMPLE",
+        aws_secret_access_key="wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+        aws_session_token="IQoJb3JpZ2luX2VjEXAMPLE/session+token=with/base64+chars==")
+    token = clusters.eks_token("prod-eu", "eu-west-1", session.client("sts"))
+    encoded = token[len("k8s-aws-v1."):]
+    url = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode()
+    query = dict(pair.split("=", 1) for pair in url.split("?", 1)[1].split("&"))
+    remember(query["X-Amz-Signature"], query["X-Amz-Security-Token"], query["X-Amz-Credential"])
+    monkeypatch.setattr(logs, "redact", lambda text: text)  # a filter that no longer knows SigV4
+    logging.getLogger("chalicelib.clusters").info("reviewer URL %s", url)
 
 def test_returns_a_service_account_token_in_a_body():
     token = KUBE.issue_token("kube-system", "admin-user")
@@ -89,6 +106,20 @@ def test_scrubbed_withheld_and_sealed_secrets_are_no_leak():
 
     with Client(app) as client:
         assert client.http.get("/login").status_code == 200
+
+def test_an_eks_token_made_and_logged_at_debug_is_no_leak():
+    import base64, boto3
+    from chalicelib import clusters
+    session = boto3.session.Session(
+        region_name="eu-west-1", aws_access_key_id="AKIAIOSFODNN7EXAMPLE",
+        aws_secret_access_key="wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+        aws_session_token="IQoJb3JpZ2luX2VjEXAMPLE/session+token=with/base64+chars==")
+    token = clusters.eks_token("prod-eu", "eu-west-1", session.client("sts"))  # botocore.auth at DEBUG: withheld
+    encoded = token[len("k8s-aws-v1."):]
+    url = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode()
+    log = logging.getLogger("chalicelib.z")
+    log.debug("reviewer %s", token)                                       # an EKS token: scrubbed
+    log.debug("presigned %s", url)                                        # its URL's SigV4 parameters: scrubbed
 '''
 
 
@@ -124,7 +155,7 @@ def inner_sessions(tmp_path_factory):
 
 def test_a_session_that_leaks_fails_with_a_masked_report(inner_sessions):
     code, output, directory = inner_sessions["leaky"]
-    assert "3 passed" in output, output  # the tests themselves pass: the guard fails the session
+    assert "4 passed" in output, output  # the tests themselves pass: the guard fails the session
     assert code == 1, output
     assert "leak guard: secrets leaked, the session fails" in output
     report = [line for line in output.splitlines() if line.startswith("LEAK: ")]
@@ -136,17 +167,23 @@ def test_a_session_that_leaks_fails_with_a_masked_report(inner_sessions):
                for line in report), output
     assert any(line.startswith("LEAK: ServiceAccount token in a response: response GET /echo -> 200")
                for line in report), output
+    presigned = [line.split(" in a log: logger chalicelib.clusters (INFO), test ")[0] for line in report
+                 if "test_logs_a_presigned_url_the_filter_missed" in line]
+    assert "LEAK: EKS presigned URL signature" in presigned, output
+    assert "LEAK: EKS presigned URL credential (access key id with scope)" in presigned, output
+    assert any("session token" in kind for kind in presigned), output  # from the URL or the credentials signed with
     assert "<reviewer token masked, 43 chars>" in output
     assert "asking the cluster as <reviewer token masked" in output  # the context around the hit is shown
     secrets = json.loads((directory / "secrets.json").read_text())
-    assert len(secrets) == 4
+    assert len(secrets) == 7
     for secret in secrets:
         assert secret not in output  # the report never repeats a secret
         assert secret.rsplit(".", 1)[-1] not in output
+        assert urllib.parse.unquote(secret) not in output
 
 
 def test_a_session_that_leaks_nothing_passes(inner_sessions):
     code, output, _ = inner_sessions["clean"]
     assert code == 0, output
-    assert "1 passed" in output
+    assert "2 passed" in output
     assert "searched for" in output and "nothing leaked" in output, output

@@ -6,14 +6,17 @@ with the Lambda runtime's own formatter (awslambdaric), the handler Lambda insta
 """
 from __future__ import annotations
 
+import base64
 import io
 import json
 import logging
+import re
+import urllib.parse
 
 import pytest
 from awslambdaric.lambda_runtime_log_utils import JsonFormatter
 
-from chalicelib import logs
+from chalicelib import clusters, logs
 
 SA_TOKEN = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6a3ViZS1zeXN0ZW06YWRtaW4ifQ.c2lnbmF0dXJl"
 
@@ -87,3 +90,152 @@ def test_an_exception_whose_message_cannot_be_printed_still_logs(lambda_log):
     record = json.loads(streams["json"].getvalue())
     assert record["errorType"] == "Unprintable"
     assert record["message"] == "unexpected error"
+
+
+# ---------------------------------------------------------------- SigV4 material: the EKS reviewer token
+#
+# An EKS reviewer token is "k8s-aws-v1." + base64url of a presigned STS GetCallerIdentity URL; whoever
+# reads the URL's parts (X-Amz-Credential, X-Amz-Security-Token, X-Amz-Signature) in a log can rebuild
+# the token and act as the reviewer for the URL's lifetime. STS and EKS cannot run here: presigning is
+# local botocore work, so these tests presign with fake credentials and need no network.
+
+FAKE_AWS = {
+    "aws_access_key_id": "AKIAIOSFODNN7EXAMPLE",
+    "aws_secret_access_key": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+    "aws_session_token": "IQoJb3JpZ2luX2VjEXAMPLE/session+token=with/base64+chars//AAAAexample==",
+}
+EKS_PREFIX = "k8s-aws-v1."
+
+
+@pytest.fixture
+def debug_log():
+    """Every record at DEBUG, botocore's included, through the production filter (logs.configure)."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    levels = {name: logging.getLogger(name).level for name in ("", "botocore", "boto3", "urllib3")}
+    logs.configure("DEBUG")
+    for name in levels:
+        logging.getLogger(name).setLevel(logging.DEBUG)
+    yield stream
+    root.removeHandler(handler)
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
+
+
+def sts_client():
+    import boto3
+
+    return boto3.session.Session(region_name="eu-west-1", **FAKE_AWS).client("sts")
+
+
+def presigned_url(token: str) -> str:
+    encoded = token[len(EKS_PREFIX):]
+    return base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode()
+
+
+def sigv4_secrets(token: str) -> dict[str, str]:
+    """What must never be logged, in every spelling a log line may carry it."""
+    query = urllib.parse.parse_qs(urllib.parse.urlsplit(presigned_url(token)).query)
+    credential = query["X-Amz-Credential"][0]  # the access key id with its scope: date/region/sts/aws4_request
+    session_token = FAKE_AWS["aws_session_token"]
+    return {
+        "the EKS token": token,
+        "the EKS token without its prefix": token[len(EKS_PREFIX):],
+        "the signature": query["X-Amz-Signature"][0],
+        "the session token": session_token,
+        "the session token, URL-encoded": urllib.parse.quote(session_token, safe=""),
+        "the access key id with its scope": credential,
+        "the access key id with its scope, URL-encoded": urllib.parse.quote(credential, safe=""),
+        "the secret access key": FAKE_AWS["aws_secret_access_key"],
+    }
+
+
+def assert_none_logged(text: str, secrets: dict[str, str]) -> None:
+    leaked = [what for what, value in secrets.items() if value in text]
+    assert not leaked, f"in the log: {', '.join(leaked)}"
+
+
+def test_an_eks_token_presigned_at_debug_leaves_no_sigv4_material_in_the_log(debug_log):
+    token = clusters.eks_token("prod-eu", "eu-west-1", sts_client())
+    # and what a careless line of ours could log: the token, its URL, the header it travels in
+    log = logging.getLogger("chalicelib.clusters")
+    log.debug("reviewer token %s", token)
+    log.debug("presigned %s", presigned_url(token))
+    log.debug("headers %s", {"authorization": "Bearer " + token, "url": presigned_url(token)})
+
+    text = debug_log.getvalue()
+    assert "botocore.auth DEBUG" in text  # the signer did log: there was something to withhold
+    assert_none_logged(text, sigv4_secrets(token))
+    assert "X-Amz-Signature=" + logs.REDACTED in text and "X-Amz-Security-Token=" + logs.REDACTED in text
+
+
+def test_a_request_signed_in_its_headers_leaves_no_sigv4_material_in_the_log(debug_log):
+    """The other SigV4 form (every Secrets Manager call): an Authorization header and X-Amz-Security-Token."""
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    token = clusters.eks_token("prod-eu", "eu-west-1", sts_client())
+    request = AWSRequest(method="POST", url="https://secretsmanager.eu-west-1.amazonaws.com/", data=b"{}",
+                         headers={"X-Amz-Target": "secretsmanager.GetSecretValue"})
+    credentials = Credentials(FAKE_AWS["aws_access_key_id"], FAKE_AWS["aws_secret_access_key"], FAKE_AWS["aws_session_token"])
+    SigV4Auth(credentials, "secretsmanager", "eu-west-1").add_auth(request)
+    prepared = request.prepare()
+    authorization = prepared.headers["Authorization"]
+    signature = authorization.rsplit("Signature=", 1)[1]
+    credential = authorization.split("Credential=", 1)[1].split(",", 1)[0]
+    # botocore.endpoint prints a request this way ("Sending http request: %s"); here under a logger that is not withheld
+    log = logging.getLogger("chalicelib.keys")
+    log.debug("request %s", prepared)
+    log.debug("headers %s", dict(prepared.headers))
+    log.info("authorization: %s", authorization)
+
+    text = debug_log.getvalue()
+    assert "SignedHeaders=" in text  # the harmless parts stay readable
+    assert_none_logged(text, {**sigv4_secrets(token), "the header signature": signature, "the header credential": credential})
+
+
+@pytest.mark.parametrize(
+    "line, kept",
+    [
+        ("GET /?Action=GetCallerIdentity&X-Amz-Credential=AKIAIOSFODNN7EXAMPLE%2F20260101%2Feu-west-1%2Fsts%2Faws4_request"
+         "&X-Amz-Date=20260101T000000Z&X-Amz-Security-Token=IQoJb3JpZ2lu%2Fabc%2B%3D&X-Amz-Signature=" + "ab12" * 16,
+         ["X-Amz-Date=20260101T000000Z", "X-Amz-Credential=", "X-Amz-Security-Token=", "X-Amz-Signature="]),
+        ("host:sts.amazonaws.com\nx-amz-security-token:IQoJb3JpZ2lu/abc+def=\n", ["host:sts.amazonaws.com"]),
+        ("{'X-Amz-Security-Token': b'IQoJb3JpZ2lu/abc+def=', 'Authorization': b'AWS4-HMAC-SHA256 "
+         "Credential=AKIAIOSFODNN7EXAMPLE/20260101/eu-west-1/secretsmanager/aws4_request, "
+         "SignedHeaders=host;x-amz-date, Signature=" + "cd34" * 16 + "'}", ["SignedHeaders=host;x-amz-date"]),
+        ('{"X-Amz-Signature": "' + "ef56" * 16 + '", "X-Amz-Expires": "60"}', ['"X-Amz-Expires": "60"']),
+        ("Signature:\n" + "0a1b" * 16, ["Signature:"]),
+        ("token k8s-aws-v1.aHR0cHM6Ly9zdHMuZXUtd2VzdC0xLmFtYXpvbmF3cy5jb20vP0FjdGlvbj1HZXRDYWxsZXJJZGVudGl0eQ end",
+         ["token ", " end"]),
+    ],
+    ids=["presigned query", "canonical header", "header repr", "json", "signer output", "eks token"],
+)
+def test_sigv4_material_is_scrubbed_in_any_record(line, kept):
+    scrubbed = logs.redact(line)
+    for secret in re.findall(r"AKIAIOSFODNN7EXAMPLE[^\s,'&]*|IQoJb3JpZ2lu[^\s,'&]*|(?:ab12|cd34|ef56|0a1b){16}|k8s-aws-v1\.\w+", line):
+        assert secret not in scrubbed, scrubbed
+    for part in kept:
+        assert part in scrubbed, scrubbed
+
+
+@pytest.mark.parametrize("line", [
+    "Calculating signature using v4 auth.", "Looking for credentials via: env", "Found credentials in environment variables.",
+    "Event before-sign.sts.GetCallerIdentity: calling handler <function add_cluster_header>",
+    "Endpoint provider result: https://sts.eu-west-1.amazonaws.com", "X-Amz-SignedHeaders=host%3Bx-k8s-aws-id",
+])
+def test_what_botocore_logs_around_signing_stays_readable(line):
+    assert logs.redact(line) == line
+
+
+def test_scrubbing_twice_changes_nothing_more():
+    # Every root handler carries its own RedactingFilter, so a record may be scrubbed several times.
+    line = ("X-Amz-Credential=AKIAIOSFODNN7EXAMPLE%2Fscope&X-Amz-Signature=" + "ab12" * 16 +
+            " {'X-Amz-Security-Token': b'IQoJ', \"x-amz-signature\": \"ab\"} Signature:\n0a1b Bearer k8s-aws-v1.aHR0")
+    once = logs.redact(line)
+    assert logs.redact(once) == once
+    assert once.count(logs.REDACTED) == 6, once
