@@ -147,7 +147,7 @@ KUBECONFIGS = {
         f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join('*' + chr(97 + i) for _ in range(9))}]\n" for i in range(8)
     ) + "contexts: *i\ncurrent-context: x\nusers: *i\n",
     "users-not-a-list": "current-context: c\ncontexts: [{name: c, context: {user: u}}]\nusers: {u: {token: a.b.c}}\n",
-    "token-not-a-string": "current-context: c\ncontexts: [{name: c, context: {user: u}}]\nusers: [{name: u, user: {token: 5}}]\n",
+    "token-not-a-string": "current-context: c\ncontexts: [{name: c, context: {user: u}}]\nusers: [{name: u, user: {token: [5]}}]\n",
     "exec-user": "current-context: c\ncontexts: [{name: c, context: {user: u}}]\nusers: [{name: u, user: {exec: {command: id}}}]\n",
 }
 
