@@ -1,7 +1,7 @@
 """The fake TLS Kubernetes API servers of a benchmark run, in a process of their own.
 
 Run by bench.world (``python -m bench.kube_servers NAME...``). Each NAME is a FakeKubeApiServer
-(tests/fakes/kube_apiserver.py) on 127.0.0.1 with a ServiceAccount, a reviewer and a ServiceAccount
+(demo/kube_apiserver.py) on 127.0.0.1 with a ServiceAccount, a reviewer and a ServiceAccount
 token. Keeping the servers out of the measured process means their work (TLS, HTTP parsing, RS256
 verification) runs on the other core instead of competing for the measured interpreter's GIL.
 
@@ -21,7 +21,7 @@ import sys
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tests.fakes.kube_apiserver import FakeKubeApiServer  # noqa: E402
+from demo.kube_apiserver import FakeKubeApiServer  # noqa: E402
 
 NAMESPACE, ACCOUNT = "kubernetes-dashboard", "bench-user"
 

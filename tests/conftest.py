@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.fakes.kube_apiserver import FakeKubeApiServer
+from demo.kube_apiserver import FakeKubeApiServer
 
 pytest_plugins = ["tests.leak_guard"]
 

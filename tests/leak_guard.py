@@ -296,7 +296,7 @@ class LeakGuard:
         from chalice.app import Chalice
 
         from chalicelib import clusters, keys, sessions
-        from tests.fakes.kube_apiserver import FakeKubeApiServer
+        from demo.kube_apiserver import FakeKubeApiServer
 
         secrets = self.secrets
         self._wrap(FakeKubeApiServer, "issue_token", lambda token, a, k: secrets.service_account_token(token))

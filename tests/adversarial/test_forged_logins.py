@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.conftest import UNAUTHORIZED_LOGIN, DashboardFrontend, body_json, login_ok, write_registry
-from tests.fakes.kube_apiserver import JWKS_PATH, LEGACY_ISSUER, FakeKubeApiServer, key_id, sign_jwt
+from demo.kube_apiserver import JWKS_PATH, LEGACY_ISSUER, FakeKubeApiServer, key_id, sign_jwt
 
 pytestmark = pytest.mark.usefixtures("healthy")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import UNAUTHORIZED_LOGIN, DashboardFrontend, assert_unavailable, body_json, login_ok, write_registry
-from tests.fakes.kube_apiserver import DISCOVERY_PATH, JWKS_PATH
+from demo.kube_apiserver import DISCOVERY_PATH, JWKS_PATH
 
 pytestmark = pytest.mark.usefixtures("healthy")
 

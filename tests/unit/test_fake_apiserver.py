@@ -26,7 +26,7 @@ import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from tests.fakes.kube_apiserver import (
+from demo.kube_apiserver import (
     SSAR_PATH,
     TOKENREVIEW_PATH,
     FakeKubeApiServer,
@@ -375,7 +375,7 @@ def test_one_handshake_for_many_reviews(kube, sa, auth_api) -> None:
 
 def test_tokens_never_logged(kube, sa, reviewer, auth_api, caplog) -> None:
     token = kube.issue_token(sa[0], sa[1])
-    with caplog.at_level(logging.DEBUG, logger="tests.fakes.kube_apiserver"):
+    with caplog.at_level(logging.DEBUG, logger="demo.kube_apiserver"):
         review(auth_api, token)
         review(auth_api, "opaque-garbage-token")
     assert TOKENREVIEW_PATH in caplog.text
@@ -524,7 +524,7 @@ def test_kubeconfig_loads_with_official_loader(kube, sa, reviewer, tmp_path) -> 
 def test_standalone_process(tmp_path) -> None:
     state_file = tmp_path / "state.json"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.fakes.kube_apiserver", "--port", "0", "--state", str(state_file)],
+        [sys.executable, "-m", "demo.kube_apiserver", "--port", "0", "--state", str(state_file)],
         cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )
     try:

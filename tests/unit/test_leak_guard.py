@@ -23,7 +23,7 @@ import json, logging, os
 from chalice import Chalice
 from chalice.test import Client
 from chalicelib import keys
-from tests.fakes.kube_apiserver import FakeKubeApiServer
+from demo.kube_apiserver import FakeKubeApiServer
 
 KUBE = FakeKubeApiServer(name="leaky")  # not started: only its token issuing is used
 KUBE.create_service_account("kube-system", "admin-user")
@@ -82,7 +82,7 @@ from datetime import datetime, timezone
 from chalice import Chalice
 from chalice.test import Client
 from chalicelib import keys, sessions
-from tests.fakes.kube_apiserver import FakeKubeApiServer
+from demo.kube_apiserver import FakeKubeApiServer
 
 def test_scrubbed_withheld_and_sealed_secrets_are_no_leak():
     kube = FakeKubeApiServer(name="clean")

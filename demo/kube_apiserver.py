@@ -22,7 +22,7 @@ Wire details copied from kube-apiserver on purpose:
 
 Run standalone (for multi-process tests)::
 
-    python -m tests.fakes.kube_apiserver --port 0 --state /tmp/state.json
+    python -m demo.kube_apiserver --port 0 --state /tmp/state.json
 """
 
 from __future__ import annotations
