@@ -17,7 +17,7 @@ const state = {
   apiBase: "", // no trailing slash; "" = this page's own origin
   refreshMs: DEFAULT_REFRESH_SECONDS * 1000,
   clusters: [], // names; empty when the API does not list them (then the default routes are used)
-  session: null, // {cluster, name, jweToken, receivedAt, exp, iat, authTime}
+  session: null, // {cluster, name, jweToken, sentAt, exp, iat, authTime}
   timer: null, // the pending refresh or retry
   loginRetry: null, // {timer, attempts}
   generation: 0, // bumped on log-out/expiry, so an answer arriving late for an old session is dropped
@@ -151,16 +151,22 @@ function readClaims(jweToken) {
   }
 }
 
-function adopt(cluster, name, jweToken) {
+/** sentAt: when the request that brought the token was sent (null: unknown, e.g. a restored token). */
+function adopt(cluster, name, jweToken, sentAt) {
   const claims = readClaims(jweToken);
-  return { cluster, name, jweToken, receivedAt: Date.now(), ...claims };
+  return { cluster, name, jweToken, sentAt, ...claims };
 }
 
-/** When the token runs out on this browser's clock: its lifetime (server clock) from when it arrived. */
+/**
+ * When the token runs out on this browser's clock, erring early. Its lifetime (exp - iat, both on
+ * the service's clock) counted from when the request was sent, since it was minted after that, less
+ * a second because iat is whole seconds. This needs no agreement between the two clocks; only a
+ * token of unknown origin falls back on comparing exp with this browser's clock.
+ */
 function localEnd(session) {
   if (session.exp === null) return null;
-  const lifetime = session.iat === null ? session.exp - Date.now() : session.exp - session.iat;
-  return session.receivedAt + lifetime - 1000; // iat is whole seconds: count a second less
+  if (session.iat === null || session.sentAt === null) return session.exp - 1000;
+  return session.sentAt + (session.exp - session.iat) - 1000;
 }
 
 function save(session) {
@@ -336,10 +342,11 @@ async function refreshNow() {
   refreshing = true;
   const generation = state.generation;
   const session = state.session;
+  const sentAt = Date.now();
   try {
     const answer = await renew(session);
     if (generation !== state.generation) return;
-    const renewed = adopt(session.cluster, session.name, answer.jweToken);
+    const renewed = adopt(session.cluster, session.name, answer.jweToken, sentAt);
     // Not extended: a later token with the same exp has reached the session's hard limit (MAX_SESSION_TTL
     // or the ServiceAccount token's own exp). Within one second (iat is whole seconds) nothing is known.
     const extended = renewed.exp === null || session.exp === null || renewed.exp > session.exp ||
@@ -364,10 +371,13 @@ async function refreshNow() {
       endSession("info", "Your session ended while the sign-in service could not be reached. Log in again to continue.");
       return;
     }
-    const waitMs = error.kind === "unavailable" ? (error.retryAfter ?? 5) * 1000 : NETWORK_RETRY_MS;
+    // After Retry-After, but while the token lasts: at half its remaining life when that comes first
+    // (waiting out a Retry-After longer than the token would lose the session for certain).
+    let waitMs = error.kind === "unavailable" ? (error.retryAfter ?? 5) * 1000 : NETWORK_RETRY_MS;
+    if (end !== null) waitMs = Math.max(500, Math.min(waitMs, (end - Date.now()) / 2));
     if ($("session").hidden) showSession(true); // a restored session: shown, and kept trying
-    sessionStatus(`${describe(error, { cluster: session.cluster, during: "refresh" })} Your session is kept; trying again in ${Math.round(waitMs / 1000)} s.`, "warning");
-    schedule(end === null ? waitMs : Math.min(waitMs, Math.max(500, end - Date.now())));
+    sessionStatus(`${describe(error, { cluster: session.cluster, during: "refresh" })} Your session is kept; trying again in ${Math.max(1, Math.round(waitMs / 1000))} s.`, "warning");
+    schedule(waitMs);
   } finally {
     refreshing = false;
   }
@@ -425,10 +435,11 @@ async function submitLogin(event) {
   }
   say("", "");
   setBusy(true);
+  const sentAt = Date.now();
   try {
     const answer = await logIn(cluster, body);
     state.generation += 1;
-    state.session = adopt(cluster, answer.name || "(unnamed)", answer.jweToken);
+    state.session = adopt(cluster, answer.name || "(unnamed)", answer.jweToken, sentAt);
     save(state.session);
     $("token").value = "";
     $("kubeconfig").value = "";
@@ -553,7 +564,7 @@ async function start() {
   const saved = restore();
   if (saved && (!state.clusters.length || state.clusters.includes(saved.cluster))) {
     state.generation += 1;
-    state.session = adopt(saved.cluster, saved.name, saved.jweToken);
+    state.session = adopt(saved.cluster, saved.name, saved.jweToken, null);
     show("loading");
     $("loading").lastChild.textContent = "Checking your session…";
     await refreshNow();

@@ -150,10 +150,12 @@ def start_api(tmp_path_factory, cluster_a, cluster_b):
     started: list[ApiServer] = []
     workdir = tmp_path_factory.mktemp("browser-api")
 
-    def start(site: StaticSite, moto_url: str, **settings) -> ApiServer:
+    def start(site: StaticSite, moto_url: str, cluster_settings: dict | None = None, **settings) -> ApiServer:
+        """settings: the service's environment; cluster_settings: {cluster name: registry members}."""
+        extra = cluster_settings or {}
         registry = write_registry(
             workdir / f"clusters-{len(started)}.json",
-            [cluster_a.registry_entry(), cluster_b.registry_entry()],
+            [c.registry_entry(**extra.get(c.name, {})) for c in (cluster_a, cluster_b)],
             default=cluster_a.name,
         )
         env = {

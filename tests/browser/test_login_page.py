@@ -20,13 +20,15 @@ from tests.browser.conftest import (
     log_in,
     stored_session,
 )
-from tests.fakes.kube_apiserver import generate_rsa_key
+from demo.kube_apiserver import generate_rsa_key
 
 
 @pytest.fixture(scope="module")
-def api(site, start_api, moto_server):
-    # CLUSTER_TIMEOUT: a TokenReview held by the "hang" fault waits for the test to release it
-    return start_api(site, moto_server.url, TOKEN_TTL=6, REVIEW_INTERVAL=1, CLUSTER_TIMEOUT=20)
+def api(site, start_api, moto_server, cluster_b):
+    # CLUSTER_TIMEOUT: a TokenReview held by the "hang" fault waits for the test to release it.
+    # staging-us's sessions live 20 s: long enough to ride out a 503 and its Retry-After.
+    return start_api(site, moto_server.url, cluster_settings={cluster_b.name: {"tokenTTL": 20}},
+                     TOKEN_TTL=6, REVIEW_INTERVAL=1, CLUSTER_TIMEOUT=20)
 
 
 def sa_token(cluster, name: str, namespace: str = "kube-system") -> str:
@@ -175,6 +177,9 @@ def test_a_token_the_cluster_refuses(api, site, open_page, cluster_a, healthy):
 def test_an_unavailable_cluster_is_retried_after_retry_after(api, site, open_page, cluster_b, healthy):
     page = open_page()
     network = Network(page, api.origin)
+    # this page's config.json asks for a renewal every 2 s (its sessions on staging-us live 20 s)
+    page.route(f"{site.origin}/config.json", lambda route: route.fulfill(
+        json={"apiBase": api.origin, "refreshSeconds": 2}, headers={"Cache-Control": "no-store"}))
     page.goto(site.url())
 
     cluster_b.server.set_fault("503")
@@ -193,9 +198,8 @@ def test_an_unavailable_cluster_is_retried_after_retry_after(api, site, open_pag
     status = page.locator("#session-status")
     expect(status).to_contain_text("is unavailable right now. Your session is kept; trying again in")
     expect(page.get_by_role("heading", name="Logged in")).to_be_visible()
-    # cleared before the screenshot: the page's next try may come as soon as its token is about to end
-    cluster_b.server.set_fault(None)
     page.shot("10-unavailable-at-refresh")
+    cluster_b.server.set_fault(None)  # the page tries again after Retry-After (5 s; its token has ~15 s left)
     expect(status).to_contain_text("Session renewed at")
     expect_logged_in(page, "bob", cluster_b.name)
 
