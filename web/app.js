@@ -244,7 +244,7 @@ function describe(error, { cluster, during }) {
     case "network":
       return unreachable();
     case "timeout":
-      return "The sign-in service did not answer in time. Try again.";
+      return `The sign-in service did not answer in time.${during === "login" ? " Try again." : ""}`;
     case "refused":
       return during === "login"
         ? `${where} did not accept this token. Check that it is a current ServiceAccount token for this cluster.`
@@ -252,7 +252,7 @@ function describe(error, { cluster, during }) {
     case "expired":
       return "Your session ended. Log in again to continue.";
     case "csrf":
-      return "The sign-in service refused this page's security token (CSRF). Reload the page and try again.";
+      return `The sign-in service refused this page's security token (CSRF).${during === "login" ? " Reload the page and try again." : ""}`;
     case "unavailable":
       return cluster ? `The sign-in service or cluster ${where} is unavailable right now.` : "The sign-in service is unavailable right now.";
     case "not-found":
@@ -268,7 +268,8 @@ function describe(error, { cluster, during }) {
     case "config":
       return `This page's config.json is not valid: ${error.text}`;
     default:
-      return `Something went wrong${error.status ? ` (HTTP ${error.status})` : ""}. Try again; if it keeps happening, tell the service's operator.`;
+      return `Something went wrong${error.status ? ` (HTTP ${error.status})` : ""}.` +
+        (during === "refresh" ? "" : " Try again; if it keeps happening, tell the service's operator.");
   }
 }
 
