@@ -247,7 +247,7 @@ function describe(error, { cluster, during }) {
       return `The sign-in service did not answer in time.${during === "login" ? " Try again." : ""}`;
     case "refused":
       return during === "login"
-        ? `${where} did not accept this token. Check that it is a current ServiceAccount token for this cluster.`
+        ? `${cluster ? `The cluster ${cluster}` : "The cluster"} did not accept this token. Check that it is a current ServiceAccount token for this cluster.`
         : "The sign-in service no longer accepts this session. Log in again.";
     case "expired":
       return "Your session ended. Log in again to continue.";

@@ -166,7 +166,7 @@ def test_a_token_the_cluster_refuses(api, site, open_page, cluster_a, healthy):
     page.goto(site.url())
     forged = cluster_a.server.issue_token("kube-system", "alice", signing_key=generate_rsa_key())
     log_in(page, forged)
-    expect(page.get_by_role("alert")).to_contain_text(f"{cluster_a.name} did not accept this token")
+    expect(page.get_by_role("alert")).to_contain_text(f"The cluster {cluster_a.name} did not accept this token")
     expect_login_form(page)
     answer = network.calls("POST", "/api/v1/login")[0].response()
     assert answer.status == 200 and answer.json()["errors"][0]["ErrStatus"]["message"] == "MSG_LOGIN_UNAUTHORIZED_ERROR"
