@@ -3,6 +3,8 @@
 #   make install    create $(VENV) if missing and install requirements-dev.txt (only when they changed)
 #   make test       run the whole test suite (unit, integration, e2e, browser, slow) with pytest;
 #                   tests/browser drives /usr/bin/chromium (apt-get install chromium; .ci/run does)
+#   make demo       the whole system on this machine: local Secrets Manager, two demo clusters, the API
+#                   and the login page on another origin (python -m demo; DEMO_ARGS="--api-port 9000")
 #   make run        serve the API locally on http://127.0.0.1:$(PORT) (chalice local --stage local)
 #   make package    chalice package --stage $(STAGE) into build/$(STAGE) (SAM template + deployment.zip)
 #   make lint-cfn   cfn-lint the packaged template
@@ -31,7 +33,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 STAMP := $(VENV)/.installed
 
-.PHONY: install test run package lint-cfn bench clean
+.PHONY: install test run demo package lint-cfn bench clean
 
 install: $(STAMP)
 
@@ -62,6 +64,11 @@ run: install
 	@if [ -n "$${CORS_ALLOWED_ORIGINS:-}" ]; then \
 	  echo "note: CORS_ALLOWED_ORIGINS from the environment is ignored: .chalice/config.json's local stage sets it" >&2; fi
 	cd $(CURDIR) && $(CHALICE) local --stage local --port $(PORT)
+
+# No AWS account, no cluster: see demo/__main__.py. Ctrl-C stops everything it started.
+DEMO_ARGS ?=
+demo: install
+	cd $(CURDIR) && $(PYTHON) -m demo $(DEMO_ARGS)
 
 # Only app.py and chalicelib/ are deployed: the deployed stages read chalicelib/clusters.json.
 package: install

@@ -36,6 +36,7 @@ import ipaddress
 import json
 import logging
 import os
+import re
 import secrets
 import signal
 import socket
@@ -68,6 +69,7 @@ JWKS_PATH = "/openid/v1/jwks"
 #: How the server answers DISCOVERY_PATH and JWKS_PATH: as kube-apiserver does by default, not at
 #: all (an old or locked-down cluster: 404), or forbidden to the caller (no issuer-discovery RBAC: 403).
 DISCOVERY_MODES = frozenset({"served", "absent", "forbidden"})
+_SERVICE_ACCOUNT_PATH = re.compile(r"/api/v1/namespaces/([a-z0-9-]{1,63})/serviceaccounts/([a-z0-9.-]{1,253})")
 SSAR_PATH = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
 FAULT_MODES = frozenset({"500", "503", "429", "hang", "reset", "redirect"})
 #: All fields a real /version has: the Python client's VersionInfo requires them.
@@ -284,6 +286,7 @@ _DROP = _Reply(0)
 class _Reviewer:
     username: str
     allowed: bool
+    admin: bool = False  # may also delete ServiceAccounts (cluster-admin, for the demo's revoke line)
 
 
 @dataclass(frozen=True)
@@ -629,6 +632,13 @@ class FakeKubeApiServer:
             user = username or f"system:serviceaccount:kube-system:token-reviewer-{len(self._reviewers) + 1}"
             self._reviewers[bearer_token] = _Reviewer(user, allowed)
 
+    def new_admin(self, username: str = "kubernetes-admin") -> str:
+        """A credential that may delete ServiceAccounts over the API, as a cluster admin's may."""
+        token = secrets.token_urlsafe(32)
+        with self._lock:
+            self._reviewers[token] = _Reviewer(username, allowed=True, admin=True)
+        return token
+
     def new_reviewer(self, allowed: bool = True, username: str | None = None) -> str:
         """Generate, register and return a random reviewer bearer token."""
         token = secrets.token_urlsafe(32)
@@ -858,6 +868,8 @@ class FakeKubeApiServer:
             if path == TOKENREVIEW_PATH:
                 return self._token_review(reviewer, body)
             return self._self_subject_access_review(reviewer, body)
+        if method == "DELETE" and _SERVICE_ACCOUNT_PATH.fullmatch(path):
+            return self._delete_service_account(reviewer, *_SERVICE_ACCOUNT_PATH.fullmatch(path).groups())
         if method == "GET" and path in (DISCOVERY_PATH, JWKS_PATH):
             return self._discovery(path)
         if method == "GET" and path in ("/version", "/version/"):
@@ -897,6 +909,22 @@ class FakeKubeApiServer:
                 503, "ServiceUnavailable", "The server is currently unable to handle the request"
             )
         return _Reply.status_object(500, "InternalError", "Internal error occurred: injected fault", details={})
+
+    def _delete_service_account(self, caller: _Reviewer, namespace: str, name: str) -> _Reply:
+        if not caller.admin:
+            return _Reply.status_object(
+                403, "Forbidden",
+                f'serviceaccounts "{name}" is forbidden: User "{caller.username}" cannot delete resource '
+                f'"serviceaccounts" in API group "" in the namespace "{namespace}"',
+            )
+        with self._lock:
+            uid = self._service_accounts.pop((namespace, name), None)
+        if uid is None:
+            return _Reply.status_object(404, "NotFound", f'serviceaccounts "{name}" not found')
+        return _Reply.json(200, {
+            "kind": "ServiceAccount", "apiVersion": "v1",
+            "metadata": {"name": name, "namespace": namespace, "uid": uid},
+        })
 
     def _discovery(self, path: str) -> _Reply:
         """ServiceAccount issuer discovery, readable by ServiceAccounts as kube-apiserver's default RBAC allows."""

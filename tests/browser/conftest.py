@@ -10,14 +10,11 @@ prints the folder at its end.
 """
 from __future__ import annotations
 
-import functools
-import http.server
 import json
 import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -25,9 +22,9 @@ from pathlib import Path
 import pytest
 import requests
 
+from demo.static_site import StaticSite, csp_header  # noqa: F401 - the tests use both from here
 from tests.conftest import AWS_TEST_ENV, ROOT, free_port, wait_for_port, write_registry
 
-WEB = Path(ROOT) / "web"
 SCREENSHOTS = Path(os.environ.get("BROWSER_SCREENSHOTS") or Path(ROOT) / "build" / "screenshots")
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -38,63 +35,6 @@ CHROMIUM_ARGS = [
 WAIT_MS = 20_000
 
 _saved_screenshots: list[Path] = []
-
-
-def csp_header(api_origin: str) -> str:
-    """The policy a host sends with the page: web/csp.txt with the API's origin filled in."""
-    return (WEB / "csp.txt").read_text().strip().replace("{API_ORIGIN}", api_origin)
-
-
-# ---------------------------------------------------------------- the static host of web/
-
-class StaticSite:
-    """Serves web/ as a CDN would: the files as they are, config.json from `config`, the CSP header."""
-
-    def __init__(self, host: str = "127.0.0.1"):
-        self.config: dict | None = None  # None: config.json answers 404
-        self.api_origin = ""
-        site = self
-
-        class Handler(http.server.SimpleHTTPRequestHandler):
-            def __init__(self, *args, **kwargs):
-                super().__init__(*args, directory=str(WEB), **kwargs)
-
-            def do_GET(self):
-                if self.path.split("?", 1)[0] == "/config.json":
-                    if site.config is None:
-                        self.send_error(404)
-                        return
-                    body = json.dumps(site.config).encode()
-                    self.send_response(200)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(body)))
-                    self.end_headers()
-                    self.wfile.write(body)
-                    return
-                super().do_GET()
-
-            def end_headers(self):
-                self.send_header("Content-Security-Policy", csp_header(site.api_origin))
-                self.send_header("X-Content-Type-Options", "nosniff")
-                self.send_header("Referrer-Policy", "no-referrer")
-                self.send_header("Cache-Control", "no-store")
-                super().end_headers()
-
-            def log_message(self, format, *args):  # noqa: A002 - the stdlib's signature
-                pass
-
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self.origin = f"http://{host}:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, name="web", daemon=True)
-        self._thread.start()
-
-    def url(self, query: str = "") -> str:
-        return f"{self.origin}/{query}"
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
 
 
 # ---------------------------------------------------------------- the API: `chalice local`
