@@ -53,17 +53,18 @@ test: install
 # The local settings are defaults given here, not in .chalice/config.json: `chalice local` applies
 # a stage's environment_variables OVER the process environment, so anything there would beat the
 # shell. Here the shell wins: `CSRF_ENFORCE=false make run`, `TOKEN_TTL=60 make run`,
-# `LOG_LEVEL=DEBUG make run`, `KEY_SECRET_ID=... make run` (KEY_FILE is then unused).
-# CORS_ALLOWED_ORIGINS is the exception for now: the local stage still sets it (http://localhost:8080),
-# because tests/e2e/test_chalice_local.py relies on the stage's value; edit it there.
+# `LOG_LEVEL=DEBUG make run`, `CORS_ALLOWED_ORIGINS=http://localhost:3000 make run`,
+# `KEY_SECRET_ID=... make run` (KEY_FILE is then unused). A malformed setting stops here with one
+# sentence. --no-autoreload: the reloader restarted the server on every write of the key file or
+# of bytecode, and ran the app in a thread whose start-up errors it printed and then ignored.
 run: export KEY_FILE ?= .local/key.json
 run: export TOKEN_TTL ?= 900
 run: export CSRF_ENFORCE ?= true
 run: export LOG_LEVEL ?= INFO
+run: export CORS_ALLOWED_ORIGINS ?= http://localhost:8080
 run: install
-	@if [ -n "$${CORS_ALLOWED_ORIGINS:-}" ]; then \
-	  echo "note: CORS_ALLOWED_ORIGINS from the environment is ignored: .chalice/config.json's local stage sets it" >&2; fi
-	cd $(CURDIR) && $(CHALICE) local --stage local --port $(PORT)
+	@cd $(CURDIR) && $(PYTHON) scripts/check_settings.py
+	cd $(CURDIR) && $(CHALICE) local --no-autoreload --stage local --port $(PORT)
 
 # No AWS account, no cluster: see demo/__main__.py. Ctrl-C stops everything it started.
 DEMO_ARGS ?=

@@ -13,7 +13,7 @@ import requests
 from chalicelib import sessions
 from tests.conftest import AWS_TEST_ENV, ROOT, free_port, wait_for_port, write_registry
 
-DASHBOARD_ORIGIN = "http://localhost:8080"  # the local stage's own CORS_ALLOWED_ORIGINS (.chalice/config.json)
+DASHBOARD_ORIGIN = "http://localhost:8080"
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +30,7 @@ def service_url(moto_server, cluster_a, cluster_b, tmp_path_factory):
         "AWS_ENDPOINT_URL_SECRETS_MANAGER": moto_server.url,
         "KEY_SECRET_ID": "dashboard-auth/e2e/session-key",
         "CLUSTERS_FILE": registry,
+        "CORS_ALLOWED_ORIGINS": DASHBOARD_ORIGIN,
     }
     chalice = os.path.join(os.path.dirname(sys.executable), "chalice")
     process = subprocess.Popen(
