@@ -32,6 +32,7 @@ from . import settings as settings_module
 PROG = "python -m chalicelib.cli"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 KEY_HOLDER_SECRET = "kubernetes-dashboard-key-holder"
+CSRF_SECRET = "kubernetes-dashboard-csrf"  # the Dashboard v2 reads data "csrf" at start, as its xsrftoken key
 DEFAULT_NAMESPACE = "kubernetes-dashboard"
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
@@ -202,7 +203,7 @@ def cmd_rotate(args) -> int:
     if retired and retired not in (old, new):
         print(f"  retired     {retired}  sessions still sealed with it must log in again")
     print("Containers use the new key within KEY_CACHE_TTL (at once when they meet its kid). "
-          "An in-cluster Dashboard sharing the key needs the new manifest.", file=sys.stderr)
+          "An in-cluster Dashboard sharing the key needs the new manifest, and a restart.", file=sys.stderr)
     return EXIT_OK
 
 
@@ -271,33 +272,51 @@ def _key_source(args) -> tuple[str, str, str]:
     return text, kid, f"secret {secret_id} version {kid} ({stage})"
 
 
-def render_manifest(text: str, kid: str, origin: str, namespace: str) -> str:
-    """The Dashboard v2 key-holder Secret, carrying priv and pub exactly as stored."""
-    import yaml
-
-    fields = json.loads(text)
-    document = {
+def _secret_document(name: str, namespace: str, kid: str, data: dict[str, str]) -> dict:
+    """A v1 Secret whose `data` carries each value's UTF-8 bytes, base64 as the API wants them."""
+    return {
         "apiVersion": "v1",
         "kind": "Secret",
         "metadata": {
-            "name": KEY_HOLDER_SECRET,
+            "name": name,
             "namespace": namespace,
             "labels": {"k8s-app": "kubernetes-dashboard"},
             "annotations": {"dashboard-auth/kid": kid},
         },
         "type": "Opaque",
-        "data": {name: base64.b64encode(fields[name].encode("utf-8")).decode("ascii") for name in ("priv", "pub")},
+        "data": {key: base64.b64encode(value.encode("utf-8")).decode("ascii") for key, value in data.items()},
     }
-    body = yaml.safe_dump(document, sort_keys=False, default_flow_style=False, width=1 << 30)
-    return f"# SECRET: the session key of dashboard-auth, from {origin}.\n# Apply it (kubectl apply -f -); do not commit or log it.\n{body}"
+
+
+def render_manifest(text: str, kid: str, origin: str, namespace: str) -> str:
+    """The Dashboard v2's two Secrets, as one multi-document YAML stream for `kubectl apply -f -`.
+
+    kubernetes-dashboard-key-holder carries priv and pub exactly as stored. kubernetes-dashboard-csrf
+    carries the CSRF key this service signs with: the Dashboard keys xsrftoken with
+    string(secret.Data["csrf"]), so data.csrf is the key's text itself (its UTF-8 bytes), not what
+    that text encodes. A key with no usable csrf member gets the value the service derives.
+    """
+    import yaml
+
+    fields = json.loads(text)
+    csrf = keys.parse_secret_value(kid, text).csrf_secret  # exactly what the service signs with
+    documents = [
+        _secret_document(KEY_HOLDER_SECRET, namespace, kid, {name: fields[name] for name in ("priv", "pub")}),
+        _secret_document(CSRF_SECRET, namespace, kid, {"csrf": csrf}),
+    ]
+    body = yaml.safe_dump_all(documents, sort_keys=False, default_flow_style=False, width=1 << 30,
+                              explicit_start=True)
+    return (f"# SECRET: the session key and CSRF key of dashboard-auth, from {origin}.\n"
+            "# Apply it (kubectl apply -f -), then restart the Dashboard: it reads the CSRF key only at start.\n"
+            f"# Do not commit or log it.\n{body}")
 
 
 def cmd_manifest(args) -> int:
     text, kid, origin = _key_source(args)
     manifest = render_manifest(text, kid, origin, args.namespace)
     print(
-        "warning: this manifest holds the session key (priv and pub): whoever reads it can mint sessions "
-        "for every configured cluster. Keep it secret.",
+        "warning: this manifest holds the session key (priv and pub) and the CSRF key: whoever reads it can "
+        "mint sessions for every configured cluster. Keep it secret.",
         file=sys.stderr,
     )
     if args.output:
@@ -305,7 +324,7 @@ def cmd_manifest(args) -> int:
             _write_private_file(args.output, manifest)
         except OSError as error:
             raise CommandFailed(f"cannot write {args.output}: {error.strerror}") from None
-        print(f"wrote {KEY_HOLDER_SECRET} (kid {kid}) to {args.output} (mode 0600)", file=sys.stderr)
+        print(f"wrote {KEY_HOLDER_SECRET} and {CSRF_SECRET} (kid {kid}) to {args.output} (mode 0600)", file=sys.stderr)
     else:
         sys.stdout.write(manifest)
         sys.stdout.flush()
@@ -617,9 +636,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="call RotateSecret: the rotation function configured on the secret does the work")
     rotate.set_defaults(run=cmd_rotate)
 
-    manifest = command("manifest", "print the key-holder Secret for a Dashboard (SECRET)",
-                       "Print a Kubernetes Secret manifest (kubernetes-dashboard-key-holder, data priv and pub) so "
-                       "that an in-cluster Dashboard v2 shares the key. The output IS SECRET: stdout or a 0600 file.")
+    manifest = command("manifest", "print the Dashboard's key-holder and CSRF Secrets (SECRET)",
+                       "Print the Kubernetes Secrets kubernetes-dashboard-key-holder (data priv and pub) and "
+                       "kubernetes-dashboard-csrf (data csrf, this service's CSRF key) as one YAML stream, so that "
+                       "an in-cluster Dashboard v2 shares the key and accepts the CSRF tokens this service issues. "
+                       "Restart the Dashboard after applying: it reads the CSRF key only at start. "
+                       "The output IS SECRET: stdout or a 0600 file.")
     source = manifest.add_mutually_exclusive_group()
     source.add_argument("--secret-id", help=secret_help)
     source.add_argument("--key-file", help="a local key file instead (default: KEY_FILE when KEY_SECRET_ID is unset)")

@@ -170,14 +170,19 @@ def test_rotate_via_secrets_manager_says_when_rotation_is_not_configured(moto_se
 # ---------------------------------------------------------------- manifest
 
 
-def decoded_manifest(text: str) -> tuple[dict, str, str]:
-    document = yaml.safe_load(text)
-    assert document["kind"] == "Secret" and document["metadata"]["name"] == "kubernetes-dashboard-key-holder"
-    assert set(document["data"]) == {"priv", "pub"}
+def decoded_manifest(text: str) -> tuple[dict, str, str, str]:
+    """The key-holder document, its priv and pub, and the CSRF Secret's csrf, decoded as kubectl would."""
+    documents = {d["metadata"]["name"]: d for d in yaml.safe_load_all(text) if d is not None}
+    assert set(documents) == {"kubernetes-dashboard-key-holder", "kubernetes-dashboard-csrf"}
+    assert all(d["apiVersion"] == "v1" and d["kind"] == "Secret" for d in documents.values())
+    document, csrf = documents["kubernetes-dashboard-key-holder"], documents["kubernetes-dashboard-csrf"]
+    assert set(document["data"]) == {"priv", "pub"} and set(csrf["data"]) == {"csrf"}
+    assert csrf["metadata"]["namespace"] == document["metadata"]["namespace"]
     return (
         document,
         base64.b64decode(document["data"]["priv"]).decode(),
         base64.b64decode(document["data"]["pub"]).decode(),
+        base64.b64decode(csrf["data"]["csrf"]).decode(),
     )
 
 
@@ -188,11 +193,11 @@ def test_manifest_carries_the_stored_pems_exactly(moto_server, secrets_client, s
     completed = run_process("manifest", KEY_SECRET_ID=secret_id, AWS_ENDPOINT_URL_SECRETS_MANAGER=moto_server.url)
 
     assert completed.returncode == 0, completed.stderr
-    document, priv, pub = decoded_manifest(completed.stdout)
+    document, priv, pub, csrf = decoded_manifest(completed.stdout)
     assert document["metadata"]["namespace"] == "kubernetes-dashboard"
     assert document["metadata"]["annotations"]["dashboard-auth/kid"] == kid
     fields = json.loads(value)
-    assert priv == fields["priv"] and pub == fields["pub"]
+    assert priv == fields["priv"] and pub == fields["pub"] and csrf == fields["csrf"]
     private_key = serialization.load_pem_private_key(priv.encode(), password=None)
     public_key = serialization.load_der_public_key(base64.b64decode("".join(pub.strip().splitlines()[1:-1])))
     assert public_key.public_numbers() == private_key.public_key().public_numbers()
@@ -209,9 +214,11 @@ def test_manifest_of_the_previous_stage_after_a_rotation(secrets_client, secret_
 
     assert code == 0 and out == ""
     assert oct(os.stat(target).st_mode & 0o777) == "0o600"
-    document, priv, pub = decoded_manifest(target.read_text())
+    document, priv, pub, csrf = decoded_manifest(target.read_text())
     assert document["metadata"]["annotations"]["dashboard-auth/kid"] == previous_kid
-    assert (priv, pub) == (json.loads(previous_value)["priv"], json.loads(previous_value)["pub"])
+    previous = json.loads(previous_value)
+    assert (priv, pub, csrf) == (previous["priv"], previous["pub"], previous["csrf"])
+    assert csrf != json.loads(stored(secrets_client, secret_id)[1])["csrf"]  # each key has its own CSRF key
 
 
 def test_manifest_of_a_missing_stage_or_an_unusable_value_fails(secrets_client, secret_id, capsys):

@@ -254,11 +254,20 @@ def write_key_file(path, value: str) -> str:
     return str(path)
 
 
+def manifest_secrets(text: str) -> dict[str, dict]:
+    """The Secrets of a manifest by name, read as `kubectl apply -f -` reads the stream."""
+    documents = [document for document in yaml.safe_load_all(text) if document is not None]
+    assert all(document["apiVersion"] == "v1" and document["kind"] == "Secret" for document in documents)
+    secrets = {document["metadata"]["name"]: document for document in documents}
+    assert len(secrets) == len(documents)
+    return secrets
+
+
 def check_manifest(text: str, stored: str, namespace: str = "kubernetes-dashboard") -> dict:
-    document = yaml.safe_load(text)
+    secrets = manifest_secrets(text)
+    assert set(secrets) == {"kubernetes-dashboard-key-holder", "kubernetes-dashboard-csrf"}
+    document = secrets["kubernetes-dashboard-key-holder"]
     fields = json.loads(stored)
-    assert document["apiVersion"] == "v1" and document["kind"] == "Secret"
-    assert document["metadata"]["name"] == "kubernetes-dashboard-key-holder"
     assert document["metadata"]["namespace"] == namespace
     assert set(document["data"]) == {"priv", "pub"}
     priv = base64.b64decode(document["data"]["priv"]).decode()
@@ -269,6 +278,12 @@ def check_manifest(text: str, stored: str, namespace: str = "kubernetes-dashboar
     public_key = serialization.load_der_public_key(base64.b64decode(body))
     assert isinstance(private_key, rsa.RSAPrivateKey)
     assert public_key.public_numbers() == private_key.public_key().public_numbers()
+    csrf = secrets["kubernetes-dashboard-csrf"]
+    assert csrf["metadata"]["namespace"] == namespace and csrf["type"] == "Opaque"
+    assert set(csrf["data"]) == {"csrf"} and "stringData" not in csrf
+    # The Dashboard keys xsrftoken with string(Data["csrf"]): the bytes must be the key's text itself.
+    assert base64.b64decode(csrf["data"]["csrf"]) == keys.parse_secret_value("k", stored).csrf_secret.encode()
+    assert csrf["metadata"]["annotations"] == document["metadata"]["annotations"]
     return document
 
 
@@ -280,7 +295,33 @@ def test_manifest_from_a_key_file(capsys, tmp_path, secret_value):
     assert document["metadata"]["annotations"]["dashboard-auth/kid"].startswith("file-")
     assert document["metadata"]["annotations"]["dashboard-auth/kid"] == keys.FileKeyStore(key_file).fetch().current.kid
     assert "warning" in err and "secret" in err.lower()
-    assert "BEGIN" not in err and json.loads(secret_value)["csrf"] not in out  # csrf is not the Dashboard's
+    assert "BEGIN" not in err and json.loads(secret_value)["csrf"] not in err
+
+
+def test_manifest_csrf_is_the_stored_text_not_the_bytes_it_encodes(capsys, tmp_path, secret_value):
+    code, out, _ = run(capsys, "manifest", "--key-file", write_key_file(tmp_path / "key.json", secret_value))
+    assert code == 0
+    data = manifest_secrets(out)["kubernetes-dashboard-csrf"]["data"]["csrf"]
+    stored = json.loads(secret_value)["csrf"]  # base64 of 256 random bytes, used as text by both sides
+    assert base64.b64decode(data).decode("ascii") == stored
+    assert base64.b64decode(data) != base64.b64decode(stored)
+
+
+@pytest.mark.parametrize("csrf", [None, "", "too-short-to-be-a-key"])
+def test_manifest_of_a_key_without_a_usable_csrf_carries_the_derived_one(capsys, tmp_path, secret_value, csrf):
+    fields = {name: json.loads(secret_value)[name] for name in ("priv", "pub")}  # as a Dashboard writes it
+    if csrf is not None:
+        fields["csrf"] = csrf
+    stored = json.dumps(fields)
+    key_file = write_key_file(tmp_path / "dashboard-key.json", stored)
+
+    code, out, _ = run(capsys, "manifest", "--key-file", key_file)
+
+    assert code == 0
+    check_manifest(out, stored)  # data.csrf is what the service signs with
+    derived = keys.FileKeyStore(key_file).fetch().current.csrf_secret
+    assert base64.b64decode(manifest_secrets(out)["kubernetes-dashboard-csrf"]["data"]["csrf"]).decode() == derived
+    assert len(derived) >= 32 and derived != csrf
 
 
 def test_manifest_uses_KEY_FILE_when_no_flag_and_no_secret(capsys, tmp_path, monkeypatch, secret_value):
