@@ -1,0 +1,463 @@
+"""The deployed configuration's alarms, rotation-failure rule and dashboard (.chalice/merge-<stage>.json).
+
+Checked on the template `chalice package --merge-template` really produces, for dev and prod, against
+docs/observability.md (the metrics contract): namespace, metric names and dimension sets are read from
+that file, so a template that drifts from it fails here, and so does a contract that changes under the
+template. cfn-lint must report nothing on the packaged template, as .ci/run checks it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+CONTRACT = ROOT / "docs" / "observability.md"
+VENV_BIN = Path(sys.executable).parent
+STAGES = ("dev", "prod")
+
+# What this template chooses to alarm on among the contract's metrics (the contract itself says nothing
+# about alarms). Each must still be a metric of the contract with a total ({service}-only) series.
+ALARMED_TOTALS = ("ClusterFailures", "SecretsManagerErrors", "LoginRefusals")
+# API Gateway answers 504 after 29 s: a latency alarm must fire before that.
+API_GATEWAY_TIMEOUT_MS = 29_000
+# Sample values for the pseudo parameters when the dashboard's Fn::Sub is expanded here.
+REGION, ACCOUNT, STACK = "eu-west-3", "123456789012", "dashboard-auth-test"
+PSEUDO = {"AWS::Region": REGION, "AWS::AccountId": ACCOUNT, "AWS::StackName": STACK,
+          "AWS::Partition": "aws", "AWS::URLSuffix": "amazonaws.com"}
+
+
+# ---------------------------------------------------------------------------------------- the contract
+@dataclass
+class Contract:
+    namespace: str
+    service_dimension: str
+    service: str
+    metrics: dict[str, dict]  # name -> {"unit": str, "dims": set[frozenset[str]], "detailed": frozenset[str]}
+    api_function: str
+    rotation_function: str
+    rest_api: str
+    api_stage: str
+
+    def functions(self) -> tuple[str, str]:
+        return self.api_function, self.rotation_function
+
+
+def _cells(line: str) -> list[str]:
+    return [cell.strip() for cell in line.strip().strip("|").split("|")]
+
+
+def parse_contract(text: str) -> Contract:
+    def one(pattern: str) -> re.Match:
+        match = re.search(pattern, text)
+        assert match, f"docs/observability.md no longer says {pattern!r}"
+        return match
+
+    namespace = one(r'EMF namespace:\s*"([^"]+)"').group(1)
+    service = one(r'carries dimension (\w+)="([^"]+)"')
+    rows = [_cells(line) for line in text.splitlines() if line.lstrip().startswith("|")]
+    header = [cell.lower() for cell in rows[0]]
+    col = {name: next(i for i, cell in enumerate(header) if cell.startswith(name))
+           for name in ("metric", "unit", "detailed", "total")}
+    metrics = {}
+    for row in rows[1:]:
+        if set("".join(row)) <= set("-: "):  # the |---|---| line
+            continue
+        detailed_cell = re.sub(r"\([^)]*\)", "", row[col["detailed"]])  # drop the value lists
+        detailed = frozenset(d.strip() for d in detailed_cell.split(",") if d.strip() not in ("", "-"))
+        dims = set()
+        if detailed:
+            dims.add(detailed | {service.group(1)})
+        if row[col["total"]].lower().startswith("yes"):
+            dims.add(frozenset({service.group(1)}))
+        assert dims, f"the contract gives metric {row[col['metric']]} no dimension set"
+        metrics[row[col["metric"]]] = {"unit": row[col["unit"]], "dims": dims, "detailed": detailed}
+    assert metrics, "docs/observability.md has no metrics table"
+    api = one(r'API "(\w+)" \(stage name "([^"]+)"\)')
+    return Contract(
+        namespace=namespace, service_dimension=service.group(1), service=service.group(2), metrics=metrics,
+        api_function=one(r'API function "(\w+)"').group(1),
+        rotation_function=one(r'rotation function "(\w+)"').group(1),
+        rest_api=api.group(1), api_stage=api.group(2),
+    )
+
+
+@pytest.fixture(scope="module")
+def contract() -> Contract:
+    return parse_contract(CONTRACT.read_text())
+
+
+# ---------------------------------------------------------------------------------------- the template
+@dataclass
+class Packaged:
+    stage: str
+    path: Path
+    template: dict
+    resources: dict = field(init=False)
+
+    def __post_init__(self):
+        self.resources = self.template["Resources"]
+
+    def of_type(self, kind: str) -> dict[str, dict]:
+        return {name: r for name, r in self.resources.items() if r["Type"] == kind}
+
+    def alarms(self) -> dict[str, dict]:
+        return {name: r["Properties"] for name, r in self.of_type("AWS::CloudWatch::Alarm").items()}
+
+
+@pytest.fixture(scope="module", params=STAGES)
+def packaged(request, tmp_path_factory) -> Packaged:
+    """`chalice package --stage <stage> --merge-template .chalice/merge-<stage>.json`, once per stage."""
+    stage = request.param
+    out = tmp_path_factory.mktemp(f"package-{stage}") / "out"
+    env = {**os.environ, "AWS_DEFAULT_REGION": os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
+           "AWS_EC2_METADATA_DISABLED": "true"}
+    done = subprocess.run(
+        [str(VENV_BIN / "chalice"), "package", "--stage", stage,
+         "--merge-template", f".chalice/merge-{stage}.json", str(out)],
+        cwd=ROOT, env=env, capture_output=True, text=True,
+    )
+    assert done.returncode == 0, f"chalice package --stage {stage} failed:\n{done.stdout}\n{done.stderr}"
+    path = out / "sam.json"
+    return Packaged(stage, path, json.loads(path.read_text()))
+
+
+def topic_expression(packaged: Packaged) -> dict:
+    """The one topic everything notifies: the AlarmTopicArn parameter, or the stack's own topic if it is empty."""
+    parameter = packaged.template["Parameters"]["AlarmTopicArn"]
+    assert parameter["Type"] == "String" and parameter["Default"] == ""
+    topics = packaged.of_type("AWS::SNS::Topic")
+    assert list(topics) == ["AlarmTopic"], "exactly one SNS topic, created only when no AlarmTopicArn is given"
+    condition = topics["AlarmTopic"]["Condition"]
+    assert packaged.template["Conditions"][condition] == {"Fn::Equals": [{"Ref": "AlarmTopicArn"}, ""]}
+    return {"Fn::If": [condition, {"Ref": "AlarmTopic"}, {"Ref": "AlarmTopicArn"}]}
+
+
+def alarm_metrics(props: dict) -> list[dict]:
+    """Every metric an alarm reads, as {namespace, name, dims, stat}, plain or in metric math."""
+    def dims(dimensions):
+        return {d["Name"]: d["Value"] for d in dimensions or []}
+
+    if "MetricName" in props:
+        return [{"id": None, "namespace": props["Namespace"], "name": props["MetricName"],
+                 "dims": dims(props.get("Dimensions")),
+                 "stat": props.get("Statistic") or props.get("ExtendedStatistic"), "period": props["Period"]}]
+    return [{"id": m["Id"], "namespace": m["MetricStat"]["Metric"]["Namespace"],
+             "name": m["MetricStat"]["Metric"]["MetricName"], "dims": dims(m["MetricStat"]["Metric"].get("Dimensions")),
+             "stat": m["MetricStat"]["Stat"], "period": m["MetricStat"]["Period"]}
+            for m in props["Metrics"] if "MetricStat" in m]
+
+
+def text_of(value) -> str:
+    return value["Fn::Sub"] if isinstance(value, dict) else value
+
+
+def api_dimensions(packaged: Packaged, contract: Contract) -> dict:
+    """API Gateway names a REST API's metrics by the API's name (the OpenAPI title) and its stage."""
+    api = packaged.resources[contract.rest_api]["Properties"]
+    return {"ApiName": api["DefinitionBody"]["info"]["title"], "Stage": api["StageName"]}
+
+
+# ---------------------------------------------------------------------------------------- alarms
+def test_the_contract_names_what_the_template_needs(contract):
+    assert contract.api_stage and contract.functions()
+    for name in ALARMED_TOTALS:
+        assert name in contract.metrics, f"{name} is alarmed on but no longer in docs/observability.md"
+        assert frozenset({contract.service_dimension}) in contract.metrics[name]["dims"], (
+            f"{name} has no total series in docs/observability.md: its alarm needs one")
+
+
+def test_every_service_metric_an_alarm_reads_is_in_the_contract(packaged, contract):
+    seen = 0
+    for name, props in packaged.alarms().items():
+        for metric in alarm_metrics(props):
+            if metric["namespace"] != contract.namespace:
+                assert metric["namespace"].startswith("AWS/"), f"{name}: namespace {metric['namespace']}"
+                continue
+            seen += 1
+            spec = contract.metrics.get(metric["name"])
+            assert spec, f"{name} watches {metric['name']}, which docs/observability.md does not define"
+            assert frozenset(metric["dims"]) in spec["dims"], (
+                f"{name}: dimensions {sorted(metric['dims'])} are not a set docs/observability.md emits "
+                f"for {metric['name']} ({[sorted(d) for d in spec['dims']]})")
+            assert metric["dims"][contract.service_dimension] == contract.service
+            assert "Unit" not in props or props["Unit"] == spec["unit"], name
+    assert seen >= len(ALARMED_TOTALS)
+
+
+@pytest.mark.parametrize("metric_name", ALARMED_TOTALS)
+def test_alarm_on_the_total_series(packaged, contract, metric_name):
+    matching = [name for name, props in packaged.alarms().items()
+                for m in alarm_metrics(props)
+                if (m["namespace"], m["name"]) == (contract.namespace, metric_name)
+                and m["dims"] == {contract.service_dimension: contract.service} and m["stat"] == "Sum"]
+    assert len(matching) == 1, f"one alarm on the Sum of {metric_name}'s total series, found {matching}"
+
+
+@pytest.mark.parametrize("metric_name", ["Errors", "Throttles"])
+@pytest.mark.parametrize("function", ["api", "rotation"])
+def test_alarm_on_each_functions_errors_and_throttles(packaged, contract, function, metric_name):
+    logical_id = contract.api_function if function == "api" else contract.rotation_function
+    assert packaged.resources[logical_id]["Type"] == "AWS::Serverless::Function"
+    matching = [(name, props) for name, props in packaged.alarms().items()
+                for m in alarm_metrics(props)
+                if (m["namespace"], m["name"]) == ("AWS/Lambda", metric_name)
+                and m["dims"] == {"FunctionName": {"Ref": logical_id}}]
+    assert len(matching) == 1, f"one alarm on {logical_id}'s {metric_name}, found {[n for n, _ in matching]}"
+    props = matching[0][1]
+    assert props["Statistic"] == "Sum"
+    assert props["ComparisonOperator"] == "GreaterThanOrEqualToThreshold" and props["Threshold"] >= 1
+
+
+def test_api_5xx_rate_alarm_is_a_ratio_of_5xx_to_requests(packaged, contract):
+    wanted = api_dimensions(packaged, contract)
+    candidates = {name: props for name, props in packaged.alarms().items() if "Metrics" in props
+                  and {m["name"] for m in alarm_metrics(props)} == {"5XXError", "Count"}}
+    assert len(candidates) == 1, f"one 5xx-rate alarm, found {sorted(candidates)}"
+    props = next(iter(candidates.values()))
+    stats = {m["name"]: m for m in alarm_metrics(props)}
+    for m in stats.values():
+        assert m["namespace"] == "AWS/ApiGateway" and m["dims"] == wanted and m["stat"] == "Sum"
+    assert stats["5XXError"]["period"] == stats["Count"]["period"]
+    returned = [m for m in props["Metrics"] if m.get("ReturnData", True)]
+    assert len(returned) == 1 and "Expression" in returned[0]
+    errors, requests = stats["5XXError"]["id"], stats["Count"]["id"]
+    assert re.search(rf"\b{errors}\s*/\s*{requests}\b", returned[0]["Expression"]), returned[0]["Expression"]
+    assert props["ComparisonOperator"] == "GreaterThanThreshold" and 0 < props["Threshold"] < 100
+
+
+def test_latency_alarm_fires_before_api_gateway_gives_up(packaged, contract):
+    wanted = {("AWS/ApiGateway", "Latency"): api_dimensions(packaged, contract),
+              ("AWS/Lambda", "Duration"): {"FunctionName": {"Ref": contract.api_function}}}
+    latency = [props for props in packaged.alarms().values() for m in alarm_metrics(props)
+               if wanted.get((m["namespace"], m["name"])) == m["dims"]]
+    assert latency, "an alarm on API Gateway Latency or the API function's Duration"
+    for props in latency:
+        assert props["ExtendedStatistic"] == "p99"
+        assert props["ComparisonOperator"] in ("GreaterThanThreshold", "GreaterThanOrEqualToThreshold")
+        assert 0 < props["Threshold"] < API_GATEWAY_TIMEOUT_MS
+
+
+def test_every_alarm_notifies_the_one_topic_and_explains_missing_data(packaged):
+    topic = topic_expression(packaged)
+    alarms = packaged.alarms()
+    assert len(alarms) >= len(ALARMED_TOTALS) + 4 + 2
+    wording = {"notBreaching": "not breaching", "breaching": "breaching", "ignore": "ignored",
+               "missing": "missing"}
+    for name, props in alarms.items():
+        assert props["AlarmActions"] == [topic], name
+        assert props.get("OKActions", [topic]) == [topic], name
+        assert "InsufficientDataActions" not in props, name
+        assert props.get("ActionsEnabled", True) is True, name
+        description = text_of(props["AlarmDescription"])
+        assert "Missing data" in description, f"{name}: AlarmDescription must say how missing data is treated"
+        chosen = props["TreatMissingData"]
+        assert wording[chosen] in description.split("Missing data", 1)[1], (
+            f"{name}: TreatMissingData is {chosen}, its description says otherwise")
+
+
+def test_the_topic_can_be_given_or_created_with_an_email_subscription(packaged):
+    template = packaged.template
+    topic = packaged.resources["AlarmTopic"]
+    assert topic["Condition"] == "CreateAlarmTopic"
+    subscriptions = packaged.of_type("AWS::SNS::Subscription")
+    assert len(subscriptions) == 1
+    subscription = next(iter(subscriptions.values()))
+    assert subscription["Properties"] == {"TopicArn": {"Ref": "AlarmTopic"}, "Protocol": "email",
+                                          "Endpoint": {"Ref": "AlarmEmail"}}
+    assert template["Parameters"]["AlarmEmail"]["Default"] == ""
+    condition = template["Conditions"][subscription["Condition"]]
+    assert {"Condition": "CreateAlarmTopic"} in condition["Fn::And"]
+    assert {"Fn::Not": [{"Fn::Equals": [{"Ref": "AlarmEmail"}, ""]}]} in condition["Fn::And"]
+
+
+# ---------------------------------------------------------------------------------------- rotation failure
+def rotation_failed_rule(packaged: Packaged) -> tuple[str, dict]:
+    rules = {name: r["Properties"] for name, r in packaged.of_type("AWS::Events::Rule").items()
+             if "RotationFailed" in r["Properties"].get("EventPattern", {}).get("detail", {}).get("eventName", [])}
+    assert len(rules) == 1, f"one rule on RotationFailed, found {sorted(rules)}"
+    return next(iter(rules.items()))
+
+
+def test_rotation_failed_rule_matches_the_event_of_this_stacks_secret_and_notifies_the_topic(packaged):
+    name, rule = rotation_failed_rule(packaged)
+    assert rule.get("State", "ENABLED") == "ENABLED" and "EventBusName" not in rule  # the default bus
+    pattern = rule["EventPattern"]
+    assert pattern["source"] == ["aws.secretsmanager"]
+    assert pattern["detail-type"] == ["AWS Service Event via CloudTrail"]
+    assert pattern["detail"]["eventName"] == ["RotationFailed"]
+    secrets = packaged.of_type("AWS::SecretsManager::Secret")
+    assert list(secrets) == ["SessionKeySecret"]
+    assert pattern["detail"]["additionalEventData"] == {"SecretId": [{"Ref": "SessionKeySecret"}]}
+    assert [t["Arn"] for t in rule["Targets"]] == [topic_expression(packaged)]
+
+    policy = packaged.resources["AlarmTopicPolicy"]
+    assert policy["Condition"] == "CreateAlarmTopic"
+    assert policy["Properties"]["Topics"] == [{"Ref": "AlarmTopic"}]
+    by_service = {s["Principal"]["Service"]: s for s in policy["Properties"]["PolicyDocument"]["Statement"]}
+    events = by_service["events.amazonaws.com"]
+    assert events["Effect"] == "Allow" and events["Action"] == "sns:Publish"
+    assert events["Resource"] == {"Ref": "AlarmTopic"}
+    assert events["Condition"] == {"ArnEquals": {"aws:SourceArn": {"Fn::GetAtt": [name, "Arn"]}}}
+    # the policy replaces the topic's default one: the alarms must still be let in
+    cloudwatch = by_service["cloudwatch.amazonaws.com"]
+    assert cloudwatch["Effect"] == "Allow" and cloudwatch["Action"] == "sns:Publish"
+    assert cloudwatch["Condition"]["StringEquals"] == {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}
+
+
+def test_rotation_failed_pattern_selects_only_a_failed_rotation_of_this_secret(packaged):
+    """The rule's pattern, run by EventBridge's emulation in moto against Secrets Manager's event shape."""
+    import boto3
+    from moto import mock_aws
+
+    _, rule = rotation_failed_rule(packaged)
+    secret_arn = f"arn:aws:secretsmanager:us-east-1:{ACCOUNT}:secret:dashboard-auth/{packaged.stage}/session-key-AbC123"
+    pattern = json.dumps(rule["EventPattern"]).replace(json.dumps({"Ref": "SessionKeySecret"}), json.dumps(secret_arn))
+
+    def event(name: str, secret: str, detail_type: str = "AWS Service Event via CloudTrail") -> dict:
+        # as Secrets Manager sends it: a CloudTrail service event whose additionalEventData names the secret
+        detail = {"eventVersion": "1.08", "userIdentity": {"accountId": ACCOUNT, "invokedBy": "secretsmanager.amazonaws.com"},
+                  "eventSource": "secretsmanager.amazonaws.com", "eventName": name, "awsRegion": "us-east-1",
+                  "errorMessage": "Error when executing lambda during createSecret step",
+                  "requestParameters": None, "responseElements": None,
+                  "additionalEventData": {"SecretId": secret}, "eventType": "AwsServiceEvent"}
+        return {"Source": "aws.secretsmanager", "DetailType": detail_type, "Detail": json.dumps(detail)}
+
+    with mock_aws():
+        events, sqs = boto3.client("events", region_name="us-east-1"), boto3.client("sqs", region_name="us-east-1")
+        queue = sqs.create_queue(QueueName="alarm-topic-stand-in")["QueueUrl"]
+        queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        events.put_rule(Name="rotation-failed", EventPattern=pattern)
+        events.put_targets(Rule="rotation-failed", Targets=[{"Id": "topic", "Arn": queue_arn}])
+        entries = [event("RotationFailed", secret_arn), event("RotationSucceeded", secret_arn),
+                   event("RotationFailed", secret_arn.replace(packaged.stage, "other")),
+                   event("RotationFailed", secret_arn, "AWS API Call via CloudTrail")]
+        assert events.put_events(Entries=entries)["FailedEntryCount"] == 0
+        received = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10).get("Messages", [])
+    delivered = [json.loads(m["Body"])["detail"] for m in received]
+    assert [(d["eventName"], d["additionalEventData"]["SecretId"]) for d in delivered] == [("RotationFailed", secret_arn)]
+
+
+# ---------------------------------------------------------------------------------------- dashboard
+def expand_sub(template: dict, text: str) -> str:
+    """Fn::Sub as CloudFormation would do it, with sample values; an unknown name fails."""
+    parameters, resources = template.get("Parameters", {}), template["Resources"]
+
+    def value(match: re.Match) -> str:
+        name = match.group(1)
+        if name in PSEUDO:
+            return PSEUDO[name]
+        if name in parameters:
+            return str(parameters[name]["Default"])
+        logical_id, _, attribute = name.partition(".")
+        assert logical_id in resources, f"${{{name}}} names nothing in the template"
+        if attribute:
+            assert attribute == "Arn", name
+            return f"arn:aws:{resources[logical_id]['Type'].split('::')[1].lower()}:{REGION}:{ACCOUNT}:{logical_id}"
+        return f"{STACK}-{logical_id}-NAME"
+
+    return re.sub(r"\$\{([^}!]+)\}", value, text)
+
+
+@pytest.fixture
+def dashboard(packaged) -> dict:
+    dashboards = packaged.of_type("AWS::CloudWatch::Dashboard")
+    assert len(dashboards) == 1
+    body = next(iter(dashboards.values()))["Properties"]["DashboardBody"]
+    assert set(body) == {"Fn::Sub"} and isinstance(body["Fn::Sub"], str), "DashboardBody is one Fn::Sub string"
+    return json.loads(expand_sub(packaged.template, body["Fn::Sub"]))
+
+
+def dashboard_metrics(dashboard: dict) -> list[dict]:
+    """Every metric a widget shows, as {namespace, name, dims}: explicit rows, and SEARCH expressions."""
+    found = []
+    for widget in dashboard["widgets"]:
+        for row in widget["properties"].get("metrics", []):
+            assert isinstance(row, list), f"a metrics entry is an array: {row}"
+            strings = [item for item in row if isinstance(item, str)]
+            assert "." not in strings and "..." not in strings, "no shorthand rows: each names its metric"
+            if strings:
+                namespace, name, *pairs = strings
+                assert len(pairs) % 2 == 0, row
+                found.append({"namespace": namespace, "name": name, "search": False,
+                              "dims": dict(zip(pairs[::2], pairs[1::2]))})
+            for options in (item for item in row if isinstance(item, dict)):
+                for search in re.finditer(r"SEARCH\(\s*'\{([^}]*)\}([^']*)'", options.get("expression", "")):
+                    namespace, *dims = [part.strip() for part in search.group(1).split(",")]
+                    name = re.search(r'MetricName="([^"]+)"', search.group(2))
+                    assert name, f"SEARCH without an exact MetricName: {search.group(0)}"
+                    values = dict(re.findall(r'(\w+)="([^"]*)"', search.group(2)))
+                    values.pop("MetricName")
+                    assert set(values) <= set(dims), search.group(0)
+                    found.append({"namespace": namespace, "name": name.group(1), "search": True,
+                                  "dims": {d: values.get(d) for d in dims}})
+    return found
+
+
+def test_dashboard_body_is_json_in_this_region(dashboard):
+    widgets = dashboard["widgets"]
+    assert widgets
+    for widget in widgets:
+        assert {"type", "x", "y", "width", "height", "properties"} <= set(widget)
+        assert widget["x"] + widget["width"] <= 24
+        if widget["type"] == "metric":
+            assert widget["properties"]["region"] == REGION
+            assert widget["properties"]["metrics"] and widget["properties"]["title"]
+
+
+def test_dashboard_shows_every_contract_metric_with_its_contract_dimensions(dashboard, contract):
+    shown = [m for m in dashboard_metrics(dashboard) if m["namespace"] == contract.namespace]
+    for m in shown:
+        spec = contract.metrics.get(m["name"])
+        assert spec, f"the dashboard shows {m['name']}, which docs/observability.md does not define"
+        assert frozenset(m["dims"]) in spec["dims"], (
+            f"{m['name']} shown with dimensions {sorted(m['dims'])}, not a set docs/observability.md emits "
+            f"({[sorted(d) for d in spec['dims']]})")
+        assert m["dims"][contract.service_dimension] == contract.service, m
+    for name, spec in contract.metrics.items():
+        sets = {frozenset(m["dims"]) for m in shown if m["name"] == name}
+        assert sets, f"the dashboard does not show {name}"
+        # "by outcome", "by reason", "by cause", "by cluster", "by function": the detailed series
+        if spec["detailed"]:
+            assert spec["detailed"] | {contract.service_dimension} in sets, (
+                f"the dashboard does not show {name} by {', '.join(sorted(spec['detailed']))}")
+
+
+def test_dashboard_cold_starts_are_those_of_this_stacks_functions(dashboard, packaged, contract):
+    names = {expand_sub(packaged.template, "${%s}" % f) for f in contract.functions()}
+    shown = {m["dims"].get("function_name") for m in dashboard_metrics(dashboard)
+             if m["namespace"] == contract.namespace and "function_name" in m["dims"]}
+    assert shown == names
+
+
+def test_dashboard_shows_the_lambda_and_api_gateway_basics(dashboard, packaged, contract):
+    shown = dashboard_metrics(dashboard)
+    for function in contract.functions():
+        function_name = expand_sub(packaged.template, "${%s}" % function)
+        names = {m["name"] for m in shown if m["namespace"] == "AWS/Lambda" and m["dims"] == {"FunctionName": function_name}}
+        assert {"Invocations", "Errors", "Throttles", "Duration"} <= names, (function, names)
+    api = api_dimensions(packaged, contract)
+    names = {m["name"] for m in shown if m["namespace"] == "AWS/ApiGateway" and m["dims"] == api}
+    assert {"Count", "4XXError", "5XXError", "Latency"} <= names, names
+    for m in shown:
+        if m["namespace"] == "AWS/Lambda":
+            assert set(m["dims"]) == {"FunctionName"}, m
+        if m["namespace"] == "AWS/ApiGateway":
+            assert m["dims"] == api, m
+
+
+def test_dashboard_lists_every_alarm(dashboard, packaged):
+    listed = [arn for w in dashboard["widgets"] if w["type"] == "alarm" for arn in w["properties"]["alarms"]]
+    assert sorted(listed) == sorted(expand_sub(packaged.template, "${%s.Arn}" % a) for a in packaged.alarms())
+
+
+# ---------------------------------------------------------------------------------------- cfn-lint
+def test_cfn_lint_reports_nothing(packaged):
+    done = subprocess.run([str(VENV_BIN / "cfn-lint"), "--", str(packaged.path)], capture_output=True, text=True)
+    assert (done.returncode, done.stdout.strip(), done.stderr.strip()) == (0, "", ""), done.stdout + done.stderr
