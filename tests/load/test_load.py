@@ -65,7 +65,7 @@ MINT_DELAY = keys.mint_delay()
 SHORT_PICKUP = SHORT_TTL + PICKUP_SLACK + MINT_DELAY
 LONG_PICKUP = SHORT_PICKUP + PICKUP_SLACK + MINT_DELAY
 DURATION = ROTATE_AT + LONG_PICKUP + 4.0  # seconds of load (every container seals with the new key for a while)...
-MAX_REQUESTS_PER_CONTAINER = 8000  # ...or this many requests per container on average, whichever comes first
+MAX_REQUESTS_PER_CONTAINER = 8000  # ...with full load for at most this many requests per container on average
 REFRESHES_PER_SESSION = 5
 LONG_PAGE_INTERVAL = 0.5
 ATTACK_PAUSE = 0.05  # between the attacker's made-up-kid refreshes
@@ -185,8 +185,6 @@ class LoadRun:
             return -1, None, None, None, str(error)[:300]
         with self._lock:
             self._count += 1
-            if self._count >= self._max_requests:
-                self.stop.set()
         return index, answer.get("status"), answer.get("ms"), answer.get("body"), ""
 
     def _csrf(self, action: str, session: Session) -> str | None:
@@ -253,6 +251,10 @@ class LoadRun:
                     long = self._login(user, True, *identities[0])
                 elif self.now() >= long.next_page_at:
                     self._refresh(long)
+                elif self._count >= self._max_requests:
+                    # Load enough: from here on only the long session pages on, until the deadline, so a
+                    # fast machine cannot end the run before the rotation has been picked up everywhere.
+                    self.stop.wait(max(0.0, long.next_page_at - self.now()))
                 elif short is None or short.lost or short.refreshes >= REFRESHES_PER_SESSION:
                     short = self._login(user, False, *rng.choice(identities))
                 else:
