@@ -7,7 +7,7 @@
 #                   and the login page on another origin (python -m demo; DEMO_ARGS="--api-port 9000")
 #   make run        serve the API locally on http://127.0.0.1:$(PORT) (chalice local --stage local)
 #   make package    chalice package --stage $(STAGE) into build/$(STAGE) (SAM template + deployment.zip)
-#   make lint-cfn   cfn-lint the packaged template
+#   make lint-cfn   cfn-lint the packaged template, with the cfn-lint-serverless rules (as .ci/run)
 #   make bench      run the benchmarks in bench/, if there are any
 #   make clean      remove build output (not the venv, not the local key in .local/)
 #
@@ -83,7 +83,7 @@ package: install
 	@ls -l $(BUILD)
 
 lint-cfn: package
-	$(VENV)/bin/cfn-lint $(BUILD)/sam.json
+	$(VENV)/bin/cfn-lint --append-rules cfn_lint_serverless.rules --non-zero-exit-code warning -- $(BUILD)/sam.json
 
 bench: install
 	@if [ -d bench ]; then $(PYTHON) -m bench; else echo "no bench/ directory yet: nothing to run"; fi

@@ -3,7 +3,9 @@
 Checked on the template `chalice package --merge-template` really produces, for dev and prod, against
 docs/observability.md (the metrics contract): namespace, metric names and dimension sets are read from
 that file, so a template that drifts from it fails here, and so does a contract that changes under the
-template. cfn-lint must report nothing on the packaged template, as .ci/run checks it.
+template. cfn-lint, with the cfn-lint-serverless rules, must report nothing on the packaged template, as .ci/run
+checks it. Also the deployment's guard rails: log groups with retention created before anything writes to
+them, an access log without headers or bodies, stage and login throttling.
 """
 from __future__ import annotations
 
@@ -458,6 +460,145 @@ def test_dashboard_lists_every_alarm(dashboard, packaged):
 
 
 # ---------------------------------------------------------------------------------------- cfn-lint
-def test_cfn_lint_reports_nothing(packaged):
-    done = subprocess.run([str(VENV_BIN / "cfn-lint"), "--", str(packaged.path)], capture_output=True, text=True)
+# .ci/run lints with these arguments: cfn-lint's own rules plus the serverless rules (cfn-lint-serverless).
+CFN_LINT_ARGS = ("--append-rules", "cfn_lint_serverless.rules")
+
+
+def cfn_lint(path: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([str(VENV_BIN / "cfn-lint"), *CFN_LINT_ARGS, "--", str(path)], capture_output=True, text=True)
+
+
+def test_cfn_lint_with_the_serverless_rules_reports_nothing(packaged):
+    done = cfn_lint(packaged.path)
     assert (done.returncode, done.stdout.strip(), done.stderr.strip()) == (0, "", ""), done.stdout + done.stderr
+
+
+def test_the_serverless_rules_are_really_applied(packaged, tmp_path):
+    """Without the access log, the log groups and the throttling, the serverless rules speak up."""
+    template = json.loads(packaged.path.read_text())
+    api = template["Resources"][RESTAPI]["Properties"]
+    del api["AccessLogSetting"], api["MethodSettings"]
+    template["Resources"] = {name: r for name, r in template["Resources"].items() if r["Type"] != "AWS::Logs::LogGroup"}
+    template["Resources"][RESTAPI].pop("DependsOn")
+    template["Resources"]["SessionKeyRotationSchedule"]["DependsOn"] = ["RotateKeyInvokePermission"]
+    broken = tmp_path / "sam.json"
+    broken.write_text(json.dumps(template))
+    found = set(re.findall(r"^([EW]S\d{4}) ", cfn_lint(broken).stdout, re.M))
+    assert {"ES2000", "ES2003", "WS1004"} <= found, found
+
+
+def test_every_ignored_rule_is_ignored_on_one_resource_with_a_written_reason(packaged):
+    assert "cfn-lint" not in packaged.template.get("Metadata", {}), "no template-wide ignores"
+    ignored = 0
+    for name, resource in packaged.resources.items():
+        metadata = resource.get("Metadata", {})
+        rules = metadata.get("cfn-lint", {}).get("config", {}).get("ignore_checks", [])
+        reasons = metadata.get("cfn-lint-reason", {})
+        assert sorted(rules) == sorted(reasons), f"{name}: each ignored rule, and only those, has a reason"
+        for rule in rules:
+            ignored += 1
+            assert len(reasons[rule].split()) >= 12 and reasons[rule].endswith("."), f"{name} {rule}: {reasons[rule]!r}"
+    assert ignored <= 5, "ignoring is the exception: fix what cfn-lint finds"
+
+
+# ---------------------------------------------------------------------------------------- logs
+RESTAPI = "RestAPI"
+RETENTION_PARAMETER = "LogRetentionInDays"
+# $context variables that carry no request header and no body: what the access log may hold. Not here on
+# purpose: identity.userAgent (the User-Agent header), domainName (the Host header), identity.caller/user and
+# authorizer.* (credentials' owners), requestOverride/responseOverride, anything from $input or $method.
+SAFE_CONTEXT = {
+    "requestId", "extendedRequestId", "requestTime", "requestTimeEpoch", "httpMethod", "resourcePath", "path",
+    "protocol", "status", "responseLength", "responseLatency", "integration.status", "integration.latency",
+    "integration.error", "integrationStatus", "integrationLatency", "error.responseType", "error.message",
+    "identity.sourceIp", "wafResponseCode", "stage", "apiId",
+}
+
+
+def log_groups(packaged: Packaged) -> dict[str, dict]:
+    return {name: r["Properties"] for name, r in packaged.of_type("AWS::Logs::LogGroup").items()}
+
+
+def test_log_retention_is_a_parameter_with_a_valid_default(packaged):
+    parameter = packaged.template["Parameters"][RETENTION_PARAMETER]
+    assert parameter["Type"] == "Number" and parameter["Default"] in parameter["AllowedValues"]
+    assert 30 <= parameter["Default"] <= 3653
+    groups = log_groups(packaged)
+    assert len(groups) == 3, sorted(groups)
+    for name, props in groups.items():
+        assert props["RetentionInDays"] == {"Ref": RETENTION_PARAMETER}, name
+
+
+@pytest.mark.parametrize("function", ["api", "rotation"])
+def test_each_function_has_its_log_group_created_before_anything_invokes_it(packaged, contract, function):
+    logical_id = contract.api_function if function == "api" else contract.rotation_function
+    assert "FunctionName" not in packaged.resources[logical_id]["Properties"], (
+        "CloudFormation names the function; its log group follows that name through Ref")
+    # Lambda writes to /aws/lambda/<function name>; Ref of a function is its name
+    wanted = {"Fn::Sub": "/aws/lambda/${%s}" % logical_id}
+    matching = [name for name, props in log_groups(packaged).items() if props["LogGroupName"] == wanted]
+    assert len(matching) == 1, f"one log group named {wanted}, found {matching}"
+    group = matching[0]
+    # A log group Lambda had to create itself would make the stack's one fail ("already exists"): what
+    # invokes the function waits for the group. The API stage invokes APIHandler; the rotation schedule
+    # rotates at once on creation, invoking RotateKey.
+    invoker = RESTAPI if function == "api" else "SessionKeyRotationSchedule"
+    assert group in packaged.resources[invoker]["DependsOn"], f"{invoker} must depend on {group}"
+
+
+def access_log(packaged: Packaged) -> tuple[dict, dict]:
+    setting = packaged.resources[RESTAPI]["Properties"]["AccessLogSetting"]
+    return setting, json.loads(setting["Format"])
+
+
+def test_access_log_goes_to_the_stacks_log_group(packaged):
+    setting, _ = access_log(packaged)
+    target = setting["DestinationArn"]["Fn::GetAtt"]
+    assert target[1] == "Arn" and target[0] in log_groups(packaged)
+    assert not target[0].startswith(("ApiHandler", "RotateKey"))
+
+
+def test_access_log_is_json_of_context_variables_without_headers_or_bodies(packaged):
+    setting, fields = access_log(packaged)
+    assert fields, "a JSON object, one field per variable"
+    for key, value in fields.items():
+        match = re.fullmatch(r"\$context\.([A-Za-z.]+)", value)
+        assert match, f"{key}: {value!r} is not exactly one $context variable"
+        assert match.group(1) in SAFE_CONTEXT, f"{key}: $context.{match.group(1)} may carry a header or body"
+    text = setting["Format"].lower()
+    for forbidden in ("$input", "$method", "header", "useragent", "domainname", "authorizer", "override", "body"):
+        assert forbidden not in text, forbidden
+    # what a platform team needs to tell a throttled or refused request from a served one
+    assert {"$context.requestId", "$context.status", "$context.error.responseType", "$context.identity.sourceIp",
+            "$context.resourcePath", "$context.httpMethod"} <= set(fields.values())
+
+
+# ---------------------------------------------------------------------------------------- throttling
+def decoded(resource_path: str) -> str:
+    """MethodSettings' ResourcePath: "/" then the resource's path with each "/" written "~1"."""
+    assert resource_path.startswith("/")
+    return resource_path[1:].replace("~1", "/")
+
+
+def test_stage_throttling_with_a_tighter_limit_on_each_login_route(packaged):
+    parameters = packaged.template["Parameters"]
+    settings = packaged.resources[RESTAPI]["Properties"]["MethodSettings"]
+    default = [s for s in settings if (s["ResourcePath"], s["HttpMethod"]) == ("/*", "*")]
+    assert len(default) == 1
+    assert default[0]["ThrottlingRateLimit"] == {"Ref": "ThrottlingRateLimit"}
+    assert default[0]["ThrottlingBurstLimit"] == {"Ref": "ThrottlingBurstLimit"}
+    paths = packaged.resources[RESTAPI]["Properties"]["DefinitionBody"]["paths"]
+    login_paths = {p for p in paths if p.endswith("/api/v1/login")}
+    assert login_paths == {"/api/v1/login", "/clusters/{cluster}/api/v1/login"}
+    login = {decoded(s["ResourcePath"]): s for s in settings if s["ResourcePath"] != "/*"}
+    assert set(login) == login_paths, sorted(login)
+    for path, s in login.items():
+        assert s["HttpMethod"] == "POST" and "post" in paths[path]
+        assert s["ResourcePath"].startswith("/~1") and "/" not in s["ResourcePath"][1:], "slashes encoded as ~1"
+        assert s["ThrottlingRateLimit"] == {"Ref": "LoginThrottlingRateLimit"}
+        assert s["ThrottlingBurstLimit"] == {"Ref": "LoginThrottlingBurstLimit"}
+    for kind in ("Rate", "Burst"):
+        stage, tight = parameters[f"Throttling{kind}Limit"], parameters[f"LoginThrottling{kind}Limit"]
+        assert stage["Type"] == tight["Type"] == "Number" and stage["MinValue"] >= 1 and tight["MinValue"] >= 1
+        assert 1 <= tight["Default"] < stage["Default"], kind
+    assert parameters["ThrottlingBurstLimit"]["Default"] >= parameters["ThrottlingRateLimit"]["Default"]
