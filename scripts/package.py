@@ -1,0 +1,153 @@
+"""Package a deployed stage, refusing a broken one: `make package` and .ci/run call this.
+
+    .venv/bin/python scripts/package.py STAGE OUTDIR [--allow-placeholders]
+
+Before `chalice package` runs, the stage's settings in .chalice/config.json are checked as the
+function would read them (chalicelib.settings), and its cluster registry (CLUSTERS_FILE, which must
+be under chalicelib/, the only directory deployed besides app.py) is parsed by
+chalicelib.clusters.parse_registry. A missing or invalid registry, an invalid setting (such as a
+malformed CORS_ALLOWED_ORIGINS) or a placeholder left from the repository (an origin on a reserved
+example domain such as https://dashboard.example.com, or clusters.example.json copied unchanged)
+stops here with one sentence and exit status 2, and nothing is packaged.
+
+--allow-placeholders (make package ALLOW_PLACEHOLDERS=1) lets the two placeholders through, with a
+warning: the repository itself has no registry and names example origins, and CI packages it that
+way to lint and test the template. Such a package cannot log anyone in. Invalid settings and an
+invalid registry are refused even then.
+
+The template is `chalice package --stage STAGE --merge-template` of .chalice/merge-STAGE.json plus
+what depends on the stage's settings: API Gateway's own answers (DEFAULT_4XX, DEFAULT_5XX: throttled,
+WAF-blocked, unknown route, gateway timeout) carry CORS headers that follow CORS_ALLOWED_ORIGINS.
+API Gateway cannot echo a request's Origin only when it is on a list, so:
+- one allowed origin: Access-Control-Allow-Origin is that origin, set statically;
+- several, or none (a same-origin deployment): no Access-Control-Allow-Origin at all. A frontend on
+  another origin then sees API Gateway's own errors (a 429 among them) as a failed request without a
+  status, never one origin's answer labelled for another; echoing any Origin would let every site
+  read them, which the list exists to prevent.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from urllib.parse import urlsplit
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from chalicelib import clusters, settings  # noqa: E402
+
+# Names reserved for examples and tests (RFC 2606, RFC 6761): an origin there is a placeholder.
+RESERVED_HOST = re.compile(r"(^|\.)(example\.(com|net|org)|example|invalid|test)$", re.I)
+GATEWAY_RESPONSES = ("DEFAULT_4XX", "DEFAULT_5XX")
+
+
+class Refused(Exception):
+    """The stage cannot be packaged; the message is one sentence saying why and what to do."""
+
+
+def stage_environment(app_dir: Path, stage: str) -> dict[str, str]:
+    config = json.loads((app_dir / ".chalice" / "config.json").read_text())
+    if stage not in config.get("stages", {}) or stage == "local":
+        deployed = sorted(s for s in config.get("stages", {}) if s != "local")
+        raise Refused(f"stage {stage!r} is not a deployed stage of .chalice/config.json ({', '.join(deployed)})")
+    return {**config.get("environment_variables", {}), **config["stages"][stage].get("environment_variables", {})}
+
+
+def check(app_dir: Path, stage: str, allow_placeholders: bool = False) -> tuple[tuple[str, ...], list[str]]:
+    """The stage's allowed origins, and the warnings let through; raises Refused."""
+    env = stage_environment(app_dir, stage)
+    where = f".chalice/config.json (stage {stage})"
+    try:
+        loaded = settings.load(env, str(app_dir))
+    except settings.SettingsError as error:
+        raise Refused(f"{where}: {error}") from None
+    warnings: list[str] = []
+
+    def placeholder(message: str) -> None:
+        if not allow_placeholders:
+            raise Refused(message + "; or, for a template that cannot log anyone in, pass --allow-placeholders "
+                          "(make package ALLOW_PLACEHOLDERS=1)")
+        warnings.append(message)
+
+    if not loaded.clusters_file:
+        raise Refused(f"{where} sets no CLUSTERS_FILE, so the deployed function would look for a kubeconfig "
+                      "Lambda does not have: set it to chalicelib/clusters.json")
+    registry_path = Path(settings.resolve_path(loaded, loaded.clusters_file)).resolve()
+    shown = os.path.relpath(registry_path, app_dir)
+    if not registry_path.is_relative_to((app_dir / "chalicelib").resolve()):
+        raise Refused(f"{where}: CLUSTERS_FILE {loaded.clusters_file} is outside chalicelib/, "
+                      "and only app.py and chalicelib/ are deployed")
+    if not registry_path.is_file():
+        placeholder(f"the cluster registry {shown} does not exist: copy clusters.example.json there "
+                    "and list your clusters")
+    else:
+        text = registry_path.read_text(encoding="utf-8")
+        try:
+            clusters.parse_registry(shown, text, str(app_dir))
+        except clusters.ClusterConfigError as error:
+            raise Refused(f"the cluster registry is invalid: {error}") from None
+        example = app_dir / "clusters.example.json"
+        if example.is_file() and json.loads(text) == json.loads(example.read_text()):
+            placeholder(f"the cluster registry {shown} is still clusters.example.json: list your clusters")
+    for origin in loaded.cors_allowed_origins:
+        if RESERVED_HOST.search(urlsplit(origin).hostname or ""):
+            placeholder(f"{where}: CORS_ALLOWED_ORIGINS still names the example origin {origin}: "
+                        "give your Dashboard frontends' origins (or none, if it is served from the same origin)")
+    return loaded.cors_allowed_origins, warnings
+
+
+def gateway_responses(origins: tuple[str, ...]) -> dict:
+    """RestAPI's GatewayResponses (SAM) for the allowed origins: see the module's docstring."""
+    headers = {"Vary": "'Origin'"} if origins else {}
+    if len(origins) == 1:
+        headers.update({"Access-Control-Allow-Origin": f"'{origins[0]}'",
+                        "Access-Control-Expose-Headers": "'Retry-After'"})
+    return {kind: {"ResponseParameters": {"Headers": dict(headers)}} for kind in GATEWAY_RESPONSES}
+
+
+def merge_template(app_dir: Path, stage: str, origins: tuple[str, ...]) -> dict:
+    template = json.loads((app_dir / ".chalice" / f"merge-{stage}.json").read_text())
+    api = template.setdefault("Resources", {}).setdefault("RestAPI", {}).setdefault("Properties", {})
+    api["GatewayResponses"] = gateway_responses(origins)
+    return template
+
+
+def package(app_dir: Path, stage: str, out: Path, allow_placeholders: bool) -> None:
+    origins, warnings = check(app_dir, stage, allow_placeholders)
+    for warning in warnings:
+        print(f"warning: {warning} (packaged anyway: --allow-placeholders)", file=sys.stderr)
+    with tempfile.TemporaryDirectory() as scratch:
+        merge = Path(scratch) / f"merge-{stage}.json"
+        merge.write_text(json.dumps(merge_template(app_dir, stage, origins), indent=2))
+        chalice = Path(sys.executable).parent / "chalice"
+        env = {**os.environ, "AWS_DEFAULT_REGION": os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"}
+        done = subprocess.run([str(chalice), "package", "--stage", stage, "--merge-template", str(merge), str(out)],
+                              cwd=app_dir, env=env)
+    if done.returncode:
+        sys.exit(done.returncode)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("stage")
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--allow-placeholders", action="store_true",
+                        help="package without a registry or with example origins (CI, template checks)")
+    parser.add_argument("--app-dir", type=Path, default=ROOT, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    try:
+        package(args.app_dir.resolve(), args.stage, args.out, args.allow_placeholders)
+    except Refused as refusal:
+        print(f"refusing to package stage {args.stage}: {str(refusal).rstrip('.')}.", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
