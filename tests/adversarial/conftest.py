@@ -236,18 +236,22 @@ class CryptoCounter:
 
     - decrypt: calls of chalicelib.sessions.decrypt (the service's only way to open a token);
     - unwraps: jwcrypto key-management unwraps of any algorithm (RSA, AES-KW, ECDH-ES, PBES2, dir).
-      The service opens tokens with `cryptography` alone, so a request must never get here (a valid
-      refresh counts 0, and no hostile request may cost more): a general JOSE library's algorithm zoo
-      is what the strict envelope keeps out, and any count is a regression;
-    - rsa: RSA private-key decryptions actually performed by `cryptography` with a key the service
-      handed to sessions.decrypt (a `cryptography` key object cannot be patched, so sessions.decrypt
-      gets a counting proxy of it).
+      The service opens a token with exactly one, RSA-OAEP-256 (jwcrypto's algorithm object, after
+      the strict parse), so a valid refresh counts 1 and no hostile request may cost more; `unwrapped`
+      records which algorithm each unwrap was, and any name but RSA-OAEP-256 is the algorithm zoo the
+      strict envelope keeps out;
+    - rsa: RSA private-key decryptions actually performed by `cryptography` with the private key a
+      jwcrypto JWK hands out for an unwrap or decrypt (JWK.get_op_key is the one door: a
+      `cryptography` key object cannot be patched, so what comes out of it is a counting proxy).
+      A runtime that decrypted with a raw `cryptography` key behind jwcrypto's back would count 0
+      for a valid refresh, and the tests' baseline (at least one) would fail.
     """
 
     def __init__(self):
         self.decrypt = 0
         self.unwraps = 0
         self.rsa = 0
+        self.unwrapped: list[str] = []  # the algorithm of every unwrap, in order
 
     def snapshot(self) -> tuple[int, int, int]:
         return self.decrypt, self.unwraps, self.rsa
@@ -274,16 +278,27 @@ def crypto(monkeypatch) -> CryptoCounter:
 
     def decrypt(envelope, private_key, *args, **kwargs):
         counter.decrypt += 1
-        return real_decrypt(envelope, _CountingRsaKey(private_key, counter), *args, **kwargs)
+        return real_decrypt(envelope, private_key, *args, **kwargs)
 
     monkeypatch.setattr(sessions, "decrypt", decrypt)
 
-    # _Rsa15.unwrap goes through _RSA.unwrap, so RSA1_5 is counted once.
+    real_get_op_key = jwk.JWK.get_op_key
+
+    def get_op_key(self, operation=None, arg=None):
+        key = real_get_op_key(self, operation, arg)
+        if operation in ("unwrapKey", "decrypt") and isinstance(key, rsa.RSAPrivateKey):
+            return _CountingRsaKey(key, counter)
+        return key
+
+    monkeypatch.setattr(jwk.JWK, "get_op_key", get_op_key)
+
+    # _Rsa15.unwrap and _RsaOaep256.unwrap go through _RSA.unwrap, so each is counted once.
     for cls in (jwa._RSA, jwa._AesKw, jwa._AesGcmKw, jwa._Pbes2HsAesKw, jwa._Direct, jwa._EcdhEs):
         real_unwrap = cls.__dict__["unwrap"]
 
         def unwrap(self, *args, _real=real_unwrap, **kwargs):
             counter.unwraps += 1
+            counter.unwrapped.append(self.name)
             return _real(self, *args, **kwargs)
 
         monkeypatch.setattr(cls, "unwrap", unwrap)

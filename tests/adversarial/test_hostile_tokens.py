@@ -583,6 +583,7 @@ def test_hostile_token_gets_the_one_refusal(case, service, ctx, crypto, listener
     assert valid[2] >= 1  # the counters see a real decryption: zeros below mean something
 
     reviews, connections, before = service.reviews(), listener.connections(), crypto.snapshot()
+    unwrapped_before = len(crypto.unwrapped)
     response = send(service, req)
     cost = tuple(after - b for after, b in zip(crypto.snapshot(), before))
 
@@ -592,6 +593,7 @@ def test_hostile_token_gets_the_one_refusal(case, service, ctx, crypto, listener
     if case.pre_crypto:
         assert cost == (0, 0, 0), f"private-key work before the strict parse refused it: {cost}"
     assert all(spent <= baseline for spent, baseline in zip(cost, valid)), (cost, valid)
+    assert set(crypto.unwrapped[unwrapped_before:]) <= {ALG}, "jwcrypto ran an algorithm the token chose"
 
 
 # ---------------------------------------------------------------- what only the service level can show
@@ -603,9 +605,12 @@ def test_the_baseline_a_real_login_session_refreshes_with_one_rsa_decryption(ser
     session = json.loads(login.body)["jweToken"]
     before = crypto.snapshot()
 
+    unwrapped_before = len(crypto.unwrapped)
     assert frontend.refresh(session).status_code == 200
-    # one sessions.decrypt, no JOSE library on the way, one RSA private-key operation
-    assert tuple(a - b for a, b in zip(crypto.snapshot(), before)) == (1, 0, 1)
+    # one sessions.decrypt, one jwcrypto unwrap (RSA-OAEP-256, the algorithm object the service
+    # names, not one the token chose), one RSA private-key operation
+    assert tuple(a - b for a, b in zip(crypto.snapshot(), before)) == (1, 1, 1)
+    assert crypto.unwrapped[unwrapped_before:] == [ALG]
 
     tampered = frontend.refresh(ctx.edited(session, ciphertext=flip_bit(json.loads(session)["ciphertext"])))
     assert (tampered.status_code, tampered.body) == (401, UNAUTHORIZED_BODY)
@@ -696,13 +701,14 @@ def _timed(call):
 def test_rejection_cost_report(service, ctx, crypto, listener):
     """N hostile requests per case against N valid refreshes, interleaved in the same run.
 
-    Asserted (deterministic): RSA private-key operations, jwcrypto unwraps (none at all: the service never
-    uses a JOSE library) and decrypt calls per hostile request never exceed those of a valid refresh; no
-    TokenReview; no outbound connection.
+    Asserted (deterministic): RSA private-key operations, jwcrypto unwraps (one RSA-OAEP-256 unwrap for a
+    valid refresh, never any other algorithm) and decrypt calls per hostile request never exceed those of
+    a valid refresh; no TokenReview; no outbound connection.
     Reported only (wall clock, never asserted): median hostile time / median valid-refresh time.
     """
     genuine = service.genuine()
     reviews, connections = service.reviews(), listener.connections()
+    unwrapped_before = len(crypto.unwrapped)
     results: list[Cost] = []
     for case in CASES:
         req = request_of(case.build(ctx))
@@ -728,6 +734,7 @@ def test_rejection_cost_report(service, ctx, crypto, listener):
 
     assert service.reviews() == reviews
     assert listener.connections() == connections
+    assert set(crypto.unwrapped[unwrapped_before:]) <= {ALG}
     for cost in results:
         assert all(h <= v for h, v in zip(cost.hostile_ops, cost.valid_ops)), (cost.case.id, cost.hostile_ops, cost.valid_ops)
         if cost.case.pre_crypto:
@@ -747,8 +754,8 @@ def _render(results: list[Cost]) -> str:
         f"Hostile session tokens: {len(results)} variants in {len(by_class)} classes, {COST_ROUNDS} requests each, "
         f"interleaved with as many valid refreshes (valid refresh: {valid_rsa:g} RSA private-key op, "
         f"median {statistics.median([s for c in results for s in c.valid_s]) * 1000:.2f} ms).",
-        "RSA = RSA private-key decryptions per request; unwrap = jwcrypto key-management unwraps (0 for a valid "
-        "refresh: the service opens tokens with `cryptography` alone); "
+        "RSA = RSA private-key decryptions per request; unwrap = jwcrypto key-management unwraps (1 for a valid "
+        "refresh: the service's RSA-OAEP-256 algorithm object, after the strict parse; never another algorithm); "
         "decrypt = sessions.decrypt calls; time ratio = median hostile / median valid (reported, not asserted).",
         "",
         f"{'class':<17} {'variants':>8} {'status':<10} {'RSA/req':>8} {'unwrap/req':>10} {'decrypt/req':>11} "

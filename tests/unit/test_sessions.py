@@ -18,10 +18,11 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from jwcrypto import jwe, jwk
+from jwcrypto import jwa, jwe, jwk
 
 from chalicelib import sessions
 from chalicelib.sessions import InvalidToken
+from tests.fakes import cryptography_jwe
 from tests.fakes.go_jose import OAEP_SHA256, b64u, full_serialize, go_json, seal, unb64u
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=timezone.utc)
@@ -38,14 +39,6 @@ def fake_jwt(payload: dict | None = None, size: int = 0) -> str:
     if size:
         body["pad"] = "x" * size
     return f"{header}.{b64u(json.dumps(body).encode())}.{b64u(os.urandom(256))}"
-
-
-def open_with_cryptography(private_key: rsa.RSAPrivateKey, text: str) -> bytes:
-    """Decrypt a flattened JWE the way any RFC 7516 implementation would, with only `cryptography`."""
-    doc = json.loads(text)
-    cek = private_key.decrypt(unb64u(doc["encrypted_key"]), OAEP_SHA256)
-    aad = (doc["protected"] + "." + doc["aad"]).encode("ascii")
-    return AESGCM(cek).decrypt(unb64u(doc["iv"]), unb64u(doc["ciphertext"]) + unb64u(doc["tag"]), aad)
 
 
 def claims(**overrides) -> sessions.Claims:
@@ -218,9 +211,131 @@ def test_each_mint_uses_a_fresh_content_key_and_iv(sa_token, public):
 
 # ------------------------------------------------------------------ wire compatibility with an independent implementation
 
-def test_a_token_we_mint_opens_with_plain_rfc7516_primitives(rsa_key, sa_token, minted):
-    plaintext = open_with_cryptography(rsa_key, minted)
-    assert json.loads(plaintext) == {"token": sa_token}
+BOTH_WAYS = pytest.mark.parametrize(
+    "kid, overrides",
+    [
+        ("v1", {}),
+        (None, {}),  # no kid: what a Dashboard v2 backend would mint with our key
+        ("v1", {"expires_at": None, "cluster": None, "reviewed_at": None}),
+        ("a" * 128, {"cluster": "prod-eu/ü \"quoted\""}),  # longest kid, a cluster JSON must escape
+    ],
+    ids=["full", "no-kid", "only-iat-and-auth_time", "long-kid-escaped-cluster"],
+)
+
+
+def aad_fields(values: sessions.Claims) -> dict[str, str]:
+    """The AAD members for these claims, written here without chalicelib."""
+    def z(moment):
+        return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    fields = {"iat": z(values.issued_at), "auth_time": z(values.auth_time)}
+    if values.expires_at is not None:
+        fields["exp"] = z(values.expires_at)
+    if values.cluster is not None:
+        fields["cluster"] = values.cluster
+    if values.reviewed_at is not None:
+        fields["reviewed_at"] = z(values.reviewed_at)
+    return fields
+
+
+@BOTH_WAYS
+def test_a_token_we_mint_opens_with_the_cryptography_only_composition(rsa_key, public, sa_token, kid, overrides):
+    # Ours -> the independent implementation (RFC 7516 with `cryptography` alone, tests/fakes).
+    text = sessions.mint(sa_token, claims(**overrides), public, kid)
+    assert json.loads(cryptography_jwe.open_token(text, rsa_key)) == {"token": sa_token}
+    assert unb64u(json.loads(text)["aad"]) == cryptography_jwe.aad_of(aad_fields(claims(**overrides)))
+    assert json.loads(text)["protected"] == cryptography_jwe.protected_of(kid)
+
+
+@BOTH_WAYS
+def test_a_token_the_cryptography_only_composition_mints_opens_with_ours(public, private, sa_token, kid, overrides):
+    # The independent implementation -> ours: parse reads the same claims, decrypt the same token.
+    expected = claims(**overrides)
+    text = cryptography_jwe.mint(sa_token, cryptography_jwe.aad_of(aad_fields(expected)), public, kid)
+    envelope = sessions.parse(text)
+    assert (envelope.kid, envelope.claims) == (kid, expected)
+    assert sessions.decrypt(envelope, private) == sa_token
+
+
+@BOTH_WAYS
+def test_given_the_same_content_key_and_iv_we_write_the_independent_compositions_bytes(
+    monkeypatch, rsa_key, public, sa_token, kid, overrides
+):
+    # Byte compatibility: with jwcrypto's random content key and IV pinned, every byte of our token but
+    # the (randomised OAEP) encrypted_key is what the cryptography-only composition writes, and the
+    # encrypted_key carries the same content key.
+    cek, iv = os.urandom(32), os.urandom(12)
+    drawn = {256: [cek], 96: [iv]}
+    monkeypatch.setattr(jwa, "_randombits", lambda bits: drawn[bits].pop())
+    ours = sessions.mint(sa_token, claims(**overrides), public, kid)
+    assert drawn == {256: [], 96: []}  # the content key and IV are drawn through jwcrypto, once each
+    theirs = cryptography_jwe.mint(
+        sa_token, cryptography_jwe.aad_of(aad_fields(claims(**overrides))), public, kid, cek=cek, iv=iv
+    )
+    ours_doc, theirs_doc = json.loads(ours), json.loads(theirs)
+    assert cryptography_jwe.content_key(ours, rsa_key) == cryptography_jwe.content_key(theirs, rsa_key) == cek
+    assert ours.replace(ours_doc["encrypted_key"], "EK") == theirs.replace(theirs_doc["encrypted_key"], "EK")
+
+
+def test_keys_become_jwks_once_per_key_not_once_per_token(monkeypatch, rsa_key, sa_token):
+    # Fresh key objects, as a key-set fetch makes them: converted on first use, then reused.
+    private_key = rsa_key.private_numbers().private_key(unsafe_skip_rsa_key_validation=True)
+    public_key = private_key.public_key()
+    imports = []
+    real_import = jwk.JWK.import_from_pyca
+    monkeypatch.setattr(jwk.JWK, "import_from_pyca", lambda self, key: imports.append(key) or real_import(self, key))
+    for _ in range(5):
+        assert sessions.decrypt(sessions.parse(sessions.mint(sa_token, claims(), public_key, "v1")), private_key) == sa_token
+    assert imports == [public_key, private_key]
+
+
+def test_jwk_keys_are_taken_as_they_are(private_jwk, sa_token):
+    public_jwk = jwk.JWK.from_json(private_jwk.export_public())
+    text = sessions.mint(sa_token, claims(), public_jwk, "v1")
+    assert sessions.decrypt(sessions.parse(text), private_jwk) == sa_token
+
+
+def test_the_runtime_names_exactly_the_one_algorithm_pair():
+    # jwcrypto's algorithm objects, chosen by our constants, never by anything a token says.
+    assert (sessions._KEY_WRAP.name, sessions._CONTENT.name) == ("RSA-OAEP-256", "A256GCM")
+    assert isinstance(sessions._KEY_WRAP, jwa._RsaOaep256) and isinstance(sessions._CONTENT, jwa._A256Gcm)
+
+
+@pytest.fixture
+def jwcrypto_calls(monkeypatch) -> list[str]:
+    """Every jwcrypto key-management unwrap (any algorithm) and content decryption (any enc)."""
+    calls: list[str] = []
+    for cls in (jwa._RSA, jwa._AesKw, jwa._AesGcmKw, jwa._Pbes2HsAesKw, jwa._Direct, jwa._EcdhEs):
+        real = cls.__dict__["unwrap"]
+        monkeypatch.setattr(cls, "unwrap", lambda self, *a, _real=real, **k: calls.append(self.name) or _real(self, *a, **k))
+    for cls in (jwa._AesGcm, jwa._AesCbcHmacSha2):
+        real = cls.__dict__["decrypt"]
+        monkeypatch.setattr(cls, "decrypt", lambda self, *a, _real=real, **k: calls.append(self.name) or _real(self, *a, **k))
+    return calls
+
+
+def test_jwcrypto_sees_only_envelopes_the_strict_parser_accepted(rsa_key, private, private_jwk, minted, jwcrypto_calls):
+    hostile = [
+        jwcrypto_made(private_jwk, {"alg": "RSA1_5", "enc": "A256GCM", "kid": "v1"}),
+        jwcrypto_made(private_jwk, {"alg": "RSA-OAEP-256", "enc": "A128CBC-HS256", "kid": "v1"}),
+        hand_sealed(rsa_key, protected=b'{"alg":"RSA-OAEP-256","enc":"A256GCM","zip":"DEF"}'),
+        hand_sealed(rsa_key, protected=b'{"alg":"RSA-OAEP-256","enc":"A256GCM","jku":"http://x"}'),
+        hand_sealed(rsa_key, aad=b"[]"),
+        minted[:-1] + ',"unprotected":{}}',
+    ]
+    for text in hostile:
+        assert refused_by_parse(text) and rejected(text, private)
+    assert jwcrypto_calls == []
+    # The instrumentation sees the one pair when a token does get through.
+    assert sessions.decrypt(sessions.parse(minted), private)
+    assert jwcrypto_calls == ["RSA-OAEP-256", "A256GCM"]
+
+
+def jwcrypto_made(key: jwk.JWK, protected: dict, plaintext: bytes = b'{"token":"a.b.c"}') -> str:
+    token = jwe.JWE(plaintext, protected=json.dumps(protected), aad=good_aad(),
+                    algs=["RSA1_5", "RSA-OAEP-256", "A256GCM", "A128CBC-HS256"])
+    token.add_recipient(key)
+    return token.serialize()
 
 
 def test_rfc7516_aead_covers_protected_and_aad_as_ascii(rsa_key, minted):
@@ -233,15 +348,7 @@ def test_rfc7516_aead_covers_protected_and_aad_as_ascii(rsa_key, minted):
         )
 
 
-@pytest.mark.parametrize(
-    "kid, overrides",
-    [
-        ("v1", {}),
-        (None, {}),  # no kid: what a Dashboard v2 backend would mint with our key
-        ("v1", {"expires_at": None, "cluster": None, "reviewed_at": None}),
-    ],
-    ids=["full", "no-kid", "only-iat-and-auth_time"],
-)
+@BOTH_WAYS
 def test_a_token_we_mint_opens_with_jwcrypto(private_jwk, public, sa_token, kid, overrides):
     # An independent JOSE implementation, held to the one algorithm pair, opens what we mint and
     # reads the same protected header and AAD.
@@ -464,7 +571,7 @@ def test_dir_algorithm_is_rejected(private):
 def test_extra_protected_header_parameters_are_rejected(rsa_key, private, extra):
     header = {"alg": "RSA-OAEP-256", "enc": "A256GCM", **extra}
     text = hand_sealed(rsa_key, protected=json.dumps(header).encode())
-    assert json.loads(open_with_cryptography(rsa_key, text)) == {"token": "a.b.c"}  # well formed otherwise
+    assert json.loads(cryptography_jwe.open_token(text, rsa_key)) == {"token": "a.b.c"}  # well formed otherwise
     assert refused_by_parse(text)
 
 
@@ -604,7 +711,7 @@ def test_truncated_tag_is_rejected(minted, private):
 def test_iv_of_the_wrong_length_is_rejected_even_when_correctly_encrypted(rsa_key, private, iv_length):
     members = seal(rsa_key.public_key(), GOOD_HEADER, good_aad(), go_json({"token": "a.b.c"}), iv=os.urandom(iv_length))
     text = full_serialize(members)
-    assert json.loads(open_with_cryptography(rsa_key, text)) == {"token": "a.b.c"}  # GCM itself accepts it
+    assert json.loads(cryptography_jwe.open_token(text, rsa_key)) == {"token": "a.b.c"}  # GCM itself accepts it
     assert refused_by_parse(text)
 
 
@@ -665,14 +772,16 @@ def test_another_key_cannot_open_the_token(minted, other_rsa_key):
 
 
 def test_a_public_only_key_cannot_open_the_token(minted, public, private_jwk):
-    # decrypt takes an RSAPrivateKey: a public key has no private operation to offer, so passing one
-    # is a programming error that fails loudly, never a token handed back.
-    assert not hasattr(public, "decrypt")
-    with pytest.raises(AttributeError):
-        sessions.decrypt(sessions.parse(minted), public)
-    # And the independent implementation agrees that the public half alone opens nothing.
+    # decrypt needs the private key: a public one (as a `cryptography` key or a JWK) has no private
+    # operation to offer, so passing one is a programming error that fails loudly, never a token
+    # handed back and never an InvalidToken that would hide the bug.
     public_only = jwk.JWK.from_pyca(public)
     assert not public_only.has_private and public_only.thumbprint() == private_jwk.thumbprint()
+    sessions.mint("a.b.c", claims(), public, "v1")  # the public key object is now a converted JWK too
+    for key in (public, public_only):
+        with pytest.raises(TypeError):
+            sessions.decrypt(sessions.parse(minted), key)
+    # And the independent implementation agrees that the public half alone opens nothing.
     with pytest.raises(Exception):
         jwe.JWE(algs=["RSA-OAEP-256", "A256GCM"]).deserialize(minted, public_only)
 
