@@ -604,3 +604,85 @@ def test_stage_throttling_with_a_tighter_limit_on_each_login_route(packaged):
         assert stage["Type"] == tight["Type"] == "Number" and stage["MinValue"] >= 1 and tight["MinValue"] >= 1
         assert 1 <= tight["Default"] < stage["Default"], kind
     assert parameters["ThrottlingBurstLimit"]["Default"] >= parameters["ThrottlingRateLimit"]["Default"]
+
+
+# ---------------------------------------------------------------------------------------- API Gateway's own answers
+def stage_origins(packaged: Packaged, contract: Contract) -> list[str]:
+    env = packaged.resources[contract.api_function]["Properties"]["Environment"]["Variables"]
+    return [o.strip() for o in env.get("CORS_ALLOWED_ORIGINS", "").split(",") if o.strip()]
+
+
+def test_gateway_responses_carry_cors_headers_that_follow_the_stages_origins(packaged, contract):
+    """A 429 (throttled), a WAF block or a 504 comes from API Gateway, not the function: with one allowed
+    origin it names that origin, as the function would; with several it can name none of them (API Gateway
+    cannot echo an Origin only when it is on a list), and never "*" nor the caller's Origin."""
+    origins = stage_origins(packaged, contract)
+    responses = packaged.resources[RESTAPI]["Properties"]["GatewayResponses"]
+    assert set(responses) == {"DEFAULT_4XX", "DEFAULT_5XX"}
+    for kind, response in responses.items():
+        headers = response["ResponseParameters"]["Headers"]
+        for value in headers.values():
+            assert value.startswith("'") and value.endswith("'"), f"{kind}: {value} must be a static value"
+            assert "*" not in value and "method.request" not in value, f"{kind}: {value}"
+        if len(origins) == 1:
+            assert headers["Access-Control-Allow-Origin"] == f"'{origins[0]}'", kind
+            assert headers["Access-Control-Expose-Headers"] == "'Retry-After'", kind
+        else:
+            assert "Access-Control-Allow-Origin" not in headers, kind
+        assert ("Vary" in headers) == bool(origins), kind
+    # the repository's stages show both cases
+    assert len(origins) == {"dev": 2, "prod": 1}[packaged.stage]
+
+
+@pytest.mark.parametrize("origins, allow_origin", [
+    ((), None), (("https://a.corp.io",), "'https://a.corp.io'"), (("https://a.corp.io", "https://b.corp.io"), None)])
+def test_gateway_response_headers_for_none_one_and_several_origins(origins, allow_origin):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("package_script", ROOT / "scripts" / "package.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    for response in script.gateway_responses(origins).values():
+        assert response["ResponseParameters"]["Headers"].get("Access-Control-Allow-Origin") == allow_origin
+
+
+# ---------------------------------------------------------------------------------------- timeout and endpoint
+def test_api_function_gives_up_well_before_api_gateway(packaged, contract, dashboard):
+    timeout = packaged.resources[contract.api_function]["Properties"]["Timeout"]
+    assert timeout <= 25, "at most 25 s: API Gateway answers 504 after 29 s, the function must answer first"
+    for name in ("ApiLatencyAlarm", "ApiHandlerErrorsAlarm"):
+        description = text_of(packaged.alarms()[name]["AlarmDescription"])
+        assert f"{timeout} s" in description and not re.search(r"\b2[6-8] s\b", description), name
+    annotations = [a for w in dashboard["widgets"]
+                   for a in w["properties"].get("annotations", {}).get("horizontal", [])
+                   if a.get("label") == "API function timeout"]
+    assert [a["value"] for a in annotations] == [timeout * 1000]
+
+
+def test_endpoint_is_regional(packaged):
+    assert packaged.resources[RESTAPI]["Properties"]["EndpointConfiguration"] == "REGIONAL"
+
+
+def test_custom_domain_and_disabling_execute_api_are_optional_parameters(packaged):
+    template = packaged.template
+    parameters, conditions = template["Parameters"], template["Conditions"]
+    assert parameters["CustomDomainName"]["Default"] == "" and parameters["CertificateArn"]["Default"] == ""
+    assert parameters["DisableExecuteApiEndpoint"]["Default"] == "false"
+    assert conditions["HasCustomDomain"] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "CustomDomainName"}, ""]}]}
+    domain = packaged.resources["ApiCustomDomain"]
+    assert domain["Type"] == "AWS::ApiGateway::DomainName" and domain["Condition"] == "HasCustomDomain"
+    assert domain["Properties"]["EndpointConfiguration"] == {"Types": ["REGIONAL"]}
+    assert domain["Properties"]["RegionalCertificateArn"] == {"Ref": "CertificateArn"}
+    assert domain["Properties"]["SecurityPolicy"] == "TLS_1_2"
+    mapping = packaged.resources["ApiCustomDomainMapping"]
+    assert mapping["Condition"] == "HasCustomDomain"
+    # no BasePath: the domain's root is the stage, so https://<domain>/api/v1/login as the frontend calls it
+    assert mapping["Properties"] == {"DomainName": {"Ref": "ApiCustomDomain"}, "RestApiId": {"Ref": RESTAPI},
+                                     "Stage": {"Ref": f"{RESTAPI}.Stage"}}
+    # execute-api is disabled only when asked and only with a custom domain: otherwise nothing could reach the API
+    disable = packaged.resources[RESTAPI]["Properties"]["DisableExecuteApiEndpoint"]
+    condition = disable["Fn::If"][0]
+    assert disable == {"Fn::If": [condition, True, False]}
+    assert {"Condition": "HasCustomDomain"} in conditions[condition]["Fn::And"]
+    assert {"Fn::Equals": [{"Ref": "DisableExecuteApiEndpoint"}, "true"]} in conditions[condition]["Fn::And"]
+    for output in ("CustomDomainTarget", "CustomDomainHostedZoneId"):
+        assert template["Outputs"][output]["Condition"] == "HasCustomDomain"
