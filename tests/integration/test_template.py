@@ -686,3 +686,51 @@ def test_custom_domain_and_disabling_execute_api_are_optional_parameters(package
     assert {"Fn::Equals": [{"Ref": "DisableExecuteApiEndpoint"}, "true"]} in conditions[condition]["Fn::And"]
     for output in ("CustomDomainTarget", "CustomDomainHostedZoneId"):
         assert template["Outputs"][output]["Condition"] == "HasCustomDomain"
+
+
+# ---------------------------------------------------------------------------------------- concurrency and WAF
+def test_both_functions_have_reserved_concurrency(packaged, contract):
+    api = packaged.resources[contract.api_function]["Properties"]["ReservedConcurrentExecutions"]
+    rotation = packaged.resources[contract.rotation_function]["Properties"]["ReservedConcurrentExecutions"]
+    # the API's ceiling: a flood (or many hung clusters) cannot take the account's whole concurrency, and
+    # the rotation function keeps its own small share whatever the API is doing
+    assert 1 <= rotation < api <= 100, (api, rotation)
+    # the stage's steady rate is reachable: at the default rate, a request taking under a second fits
+    assert api >= packaged.template["Parameters"]["ThrottlingRateLimit"]["Default"]
+
+
+def test_web_acl_is_optional_with_a_per_ip_rate_rule_and_a_body_size_rule(packaged):
+    template = packaged.template
+    parameter = template["Parameters"]["WebAcl"]
+    assert parameter["Default"] == "none" and sorted(parameter["AllowedValues"]) == ["create", "none"]
+    condition = template["Conditions"]["CreateWebAcl"]
+    assert condition == {"Fn::Equals": [{"Ref": "WebAcl"}, "create"]}
+    acls = packaged.of_type("AWS::WAFv2::WebACL")
+    assert list(acls) == ["ApiWebAcl"]
+    acl = acls["ApiWebAcl"]
+    assert acl["Condition"] == "CreateWebAcl"
+    props = acl["Properties"]
+    assert props["Scope"] == "REGIONAL" and props["DefaultAction"] == {"Allow": {}}
+    rules = {r["Name"]: r for r in props["Rules"]}
+    assert len({r["Priority"] for r in rules.values()}) == len(rules)
+    rate = [r for r in rules.values() if "RateBasedStatement" in r["Statement"]]
+    assert len(rate) == 1 and rate[0]["Action"] == {"Block": {}}
+    statement = rate[0]["Statement"]["RateBasedStatement"]
+    assert statement["AggregateKeyType"] == "IP" and statement["Limit"] == {"Ref": "WafRequestsPerIp"}
+    assert template["Parameters"]["WafRequestsPerIp"]["MinValue"] >= 10
+    size = [r for r in rules.values() if "SizeConstraintStatement" in r["Statement"]]
+    assert len(size) == 1 and size[0]["Action"] == {"Block": {}}
+    statement = size[0]["Statement"]["SizeConstraintStatement"]
+    # the service's own limit (chalicelib.dashboard.MAX_BODY_BYTES, README "Errors": 413 over 64 KiB);
+    # WAF inspects 64 KiB of an API Gateway body only when told, and a larger body is then "oversize": MATCH
+    assert statement["ComparisonOperator"] == "GT" and statement["Size"] == 64 * 1024
+    assert statement["FieldToMatch"] == {"Body": {"OversizeHandling": "MATCH"}}
+    assert props["AssociationConfig"]["RequestBody"]["API_GATEWAY"]["DefaultSizeInspectionLimit"] == "KB_64"
+    associations = packaged.of_type("AWS::WAFv2::WebACLAssociation")
+    assert list(associations) == ["ApiWebAclAssociation"]
+    association = associations["ApiWebAclAssociation"]
+    assert association["Condition"] == "CreateWebAcl"
+    assert association["Properties"]["WebACLArn"] == {"Fn::GetAtt": ["ApiWebAcl", "Arn"]}
+    arn, values = association["Properties"]["ResourceArn"]["Fn::Sub"]
+    assert arn == "arn:${AWS::Partition}:apigateway:${AWS::Region}::/restapis/${Api}/stages/${Stage}"
+    assert values == {"Api": {"Ref": RESTAPI}, "Stage": {"Ref": f"{RESTAPI}.Stage"}}
