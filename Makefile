@@ -1,6 +1,7 @@
 # Build, test and package the dashboard-auth Chalice app.  GNU make.
 #
-#   make install    create $(VENV) if missing and install requirements-dev.txt (only when they changed)
+#   make install    create $(VENV) if missing and install requirements-dev.txt (only when they changed),
+#                   then this project, editable: the operator command $(VENV)/bin/dashboard-auth
 #   make test       run the whole test suite (unit, integration, e2e, browser, slow) with pytest;
 #                   tests/browser drives /usr/bin/chromium (apt-get install chromium; .ci/run does)
 #   make demo       the whole system on this machine: local Secrets Manager, two demo clusters, the API
@@ -38,10 +39,13 @@ STAMP := $(VENV)/.installed
 
 install: $(STAMP)
 
-# Re-installs only when a requirements file is newer than the last install.
-$(STAMP): requirements.txt requirements-dev.txt
+# Re-installs only when a requirements file or pyproject.toml is newer than the last install.
+# The project itself goes in last, editable and without dependencies (they are all pinned above),
+# built by the pinned setuptools already in the venv: it adds the console script dashboard-auth.
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	@test -x $(PYTHON) || $(PYTHON3) -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet --requirement requirements-dev.txt
+	$(PYTHON) -m pip install --quiet --no-deps --no-build-isolation --editable .
 	@touch $@
 
 test: install

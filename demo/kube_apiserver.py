@@ -491,6 +491,10 @@ class FakeKubeApiServer:
         self.redirect_location = "https://127.0.0.1:9/"
         #: Send ``"authenticated": false`` on failed reviews; real servers omit it.
         self.emit_authenticated_false = False
+        #: When set, every TokenReview answer names these ``status.audiences``, refused tokens
+        #: included, whatever ``spec.audiences`` asked: a token authenticator (a webhook, an
+        #: authenticating proxy) that names its own audiences. kube-apiserver names none on a refusal.
+        self.answer_audiences: list[str] | None = None
         #: One of DISCOVERY_MODES.
         self.discovery = "served"
 
@@ -1019,6 +1023,12 @@ class FakeKubeApiServer:
 
     def review(self, token: str, audiences: list[str] | None = None) -> dict[str, Any]:
         """The TokenReview ``status`` this server would return for ``token`` (no HTTP involved)."""
+        status = self._review(token, audiences)
+        if self.answer_audiences is not None:
+            status = {**status, "audiences": list(self.answer_audiences)}
+        return status
+
+    def _review(self, token: str, audiences: list[str] | None) -> dict[str, Any]:
         requested = list(audiences) if audiences else list(self.default_audiences)
         with self._lock:
             static = self._static_users.get(token)

@@ -4,13 +4,22 @@ Run by .ci/run right after `make install` in a fresh venv, where anything instal
 pinned means a transitive dependency slipped in unpinned (so installs are not reproducible).
 
     .venv/bin/python scripts/check_pins.py [requirements-dev.txt]
+
+One installed distribution is not a requirement: this project itself, which `make install` adds
+as an editable install (pyproject.toml) so that the `dashboard-auth` command exists. It comes from
+this checkout, not from a registry, so there is no version to pin; it is let through only when it
+is exactly that: the name pyproject.toml declares, installed editable from this directory.
 """
 from __future__ import annotations
 
+import json
 import re
 import sys
+import tomllib
 from importlib import metadata
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
 
 PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(\[[^\]]*\])?==([^\s;#]+)")
 
@@ -39,9 +48,25 @@ def pins(path: Path, seen: set[Path] | None = None) -> dict[str, str]:
     return found
 
 
+def is_this_project(distribution: metadata.Distribution) -> bool:
+    """This checkout, installed editable by `make install` (its direct_url.json says so)."""
+    try:
+        project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["name"]
+        origin = json.loads(distribution.read_text("direct_url.json") or "{}")
+    except (OSError, KeyError, ValueError):
+        return False
+    return (
+        canonical(distribution.metadata["Name"]) == canonical(project)
+        and origin.get("dir_info", {}).get("editable") is True
+        and origin.get("url") == ROOT.as_uri()
+    )
+
+
 def main() -> int:
     wanted = pins(Path(sys.argv[1] if len(sys.argv) > 1 else "requirements-dev.txt"))
-    installed = {canonical(d.metadata["Name"]): d.version for d in metadata.distributions()}
+    installed = {
+        canonical(d.metadata["Name"]): d.version for d in metadata.distributions() if not is_this_project(d)
+    }
     problems = [f"unpinned: {name}=={version}" for name, version in sorted(installed.items()) if name not in wanted]
     problems += [
         f"pinned {name}=={version} but installed {installed.get(name, 'nothing')}"

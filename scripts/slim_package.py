@@ -34,14 +34,23 @@ sys.path[:0] = [sys.argv[1]]
 import app
 import kubernetes.client, kubernetes.config
 from kubernetes.client import AuthenticationV1Api
-import chalicelib.clusters, chalicelib.cli, chalicelib.issuers, yaml, cryptography
+import chalicelib.clusters, chalicelib.issuers, yaml, cryptography
 import jwcrypto.jwk, jwcrypto.jws
+import aws_lambda_powertools.logging.formatter, aws_lambda_powertools.metrics
 """
+# The operator commands live in dashboard_auth_cli/, beside chalicelib/ and never in the package:
+# people run them, Lambda never does. A file here means the CLI (or a copy) slipped back in.
+NOT_DEPLOYED = ("dashboard_auth_cli/", "chalicelib/cli.py")
 
 
 def slim(path: str) -> tuple[int, int]:
     kept_bytes = dropped_bytes = 0
     slimmed = path + ".slim"
+    with zipfile.ZipFile(path) as source:
+        stray = sorted(name for name in source.namelist() if name.startswith(NOT_DEPLOYED))
+    if stray:
+        sys.exit(f"{path}: the operator CLI is in the deployment package ({', '.join(stray[:3])}): "
+                 "it belongs in dashboard_auth_cli/, outside chalicelib/")
     with zipfile.ZipFile(path) as source, zipfile.ZipFile(slimmed, "w", zipfile.ZIP_DEFLATED) as target:
         for item in source.infolist():
             if item.filename.startswith(UNUSED) or "/__pycache__/" in item.filename:

@@ -1,8 +1,9 @@
 """The operator CLI against real parts: a moto Secrets Manager server over HTTP
 (AWS_ENDPOINT_URL_SECRETS_MANAGER) and TLS fake Kubernetes API servers spoken to by the kubernetes client.
 
-Some cases run `python -m chalicelib.cli` as its own process with only environment variables, as
-an operator would; the rest call cli.main(argv) and read what it printed.
+Some cases run the CLI as its own process with only environment variables, as an operator would
+(`python -m dashboard_auth_cli`, and the `dashboard-auth` console script from another directory);
+the rest call cli.main(argv) and read what it printed.
 """
 from __future__ import annotations
 
@@ -17,8 +18,10 @@ import pytest
 import yaml
 from cryptography.hazmat.primitives import serialization
 
-from chalicelib import cli, keys, sessions
-from tests.conftest import ROOT, DashboardFrontend, body_json, write_registry
+from dashboard_auth_cli import cli
+from chalicelib import keys, sessions
+from demo.kube_apiserver import DEFAULT_ISSUER, TOKENREVIEW_PATH
+from tests.conftest import ROOT, UNAUTHORIZED_LOGIN, DashboardFrontend, body_json, write_registry
 
 pytestmark = pytest.mark.usefixtures("healthy")
 
@@ -33,7 +36,7 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
 def run_process(*argv: str, stdin: str | None = None, **env: str) -> subprocess.CompletedProcess:
     """The CLI as its own process; the environment is the test's (fake AWS credentials) plus `env`."""
     completed = subprocess.run(
-        [sys.executable, "-m", "chalicelib.cli", *argv],
+        [sys.executable, "-m", "dashboard_auth_cli", *argv],
         cwd=ROOT,
         env={**os.environ, **env},
         input=stdin,
@@ -210,7 +213,8 @@ def test_manifest_of_the_previous_stage_after_a_rotation(secrets_client, secret_
     previous_kid, previous_value = stored(secrets_client, secret_id, "AWSPREVIOUS")
     target = tmp_path / "key-holder.yaml"
 
-    code, out, err = run(capsys, "manifest", "--secret-id", secret_id, "--stage", "AWSPREVIOUS", "--output", str(target))
+    code, out, err = run(capsys, "manifest", "--secret-id", secret_id, "--version-stage", "AWSPREVIOUS",
+                         "--output", str(target))
 
     assert code == 0 and out == ""
     assert oct(os.stat(target).st_mode & 0o777) == "0o600"
@@ -224,8 +228,11 @@ def test_manifest_of_the_previous_stage_after_a_rotation(secrets_client, secret_
 def test_manifest_of_a_missing_stage_or_an_unusable_value_fails(secrets_client, secret_id, capsys):
     secrets_client.create_secret(Name=secret_id, SecretString='{"priv": "no", "pub": "no"}')
 
-    code, out, err = run(capsys, "manifest", "--secret-id", secret_id, "--stage", "AWSPREVIOUS")
+    code, out, err = run(capsys, "manifest", "--secret-id", secret_id, "--version-stage", "AWSPREVIOUS")
     assert code == 1 and out == "" and "no AWSPREVIOUS version" in err
+
+    code, out, err = run(capsys, "manifest", "--secret-id", secret_id, "--stage", "AWSPREVIOUS")
+    assert code == 2 and out == "" and "--stage was renamed: use --version-stage" in err
 
     code, out, err = run(capsys, "manifest", "--secret-id", secret_id)
     assert code == 1 and out == "" and "holds no usable key" in err
@@ -274,6 +281,7 @@ def test_check_clusters_ok_for_healthy_clusters(tmp_path, cluster_a, cluster_b):
     registry = write_registry(tmp_path / "clusters.json", [cluster_a.registry_entry(), cluster_b.registry_entry()])
 
     completed = run_process("check-clusters", CLUSTERS_FILE=registry)
+    tokenreviews = [request for request in cluster_a.server.requests if request[1] == TOKENREVIEW_PATH]
 
     assert completed.returncode == 0, completed.stdout + completed.stderr
     rows = check_lines(completed.stdout)
@@ -284,6 +292,10 @@ def test_check_clusters_ok_for_healthy_clusters(tmp_path, cluster_a, cluster_b):
     assert rows[cluster_a.name][1].startswith(cluster_a.server.url)
     assert cluster_a.reviewer_token not in completed.stdout + completed.stderr
     assert ("POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", 201) in cluster_a.server.requests
+    # one TokenReview per cluster, answered: the reviewer path end to end
+    assert tokenreviews == [("POST", TOKENREVIEW_PATH, 201)]
+    assert rows[cluster_a.name][1].endswith("TokenReview refuses an unsigned token; "
+                                            "1 issuer key(s) published, logins verified before review")
 
 
 def test_check_clusters_fails_a_stopped_cluster_and_still_checks_the_others(tmp_path, cluster_a, cluster_b, capsys):
@@ -381,7 +393,8 @@ def test_check_clusters_without_registry_checks_the_kubeconfig_context_as_defaul
     assert completed.returncode == 0, completed.stdout + completed.stderr
     assert check_lines(completed.stdout) == {
         "default": ("OK", f"{cluster_a.server.url}  reachable, CA verifies, reviewer may create tokenreviews; "
-                          "1 issuer key(s) published, logins verified before review")
+                          "TokenReview refuses an unsigned token; 1 issuer key(s) published, logins verified "
+                          "before review")
     }
 
     # the same context, with another cluster's CA in the kubeconfig
@@ -391,3 +404,103 @@ def test_check_clusters_without_registry_checks_the_kubeconfig_context_as_defaul
     completed = run_process("check-clusters", KUBECONFIG=str(kubeconfig))
     assert completed.returncode == 1
     assert "FAIL  default" in completed.stdout and "the CA does not verify" in completed.stdout
+
+
+def test_check_clusters_reports_audiences_the_cluster_names_that_are_not_the_registrys(
+        tmp_path, cluster_a, cluster_b, configure, secret_id, secrets_client, capsys):
+    """A token authenticator that names its own audiences (a webhook, an authenticating proxy): the
+    service refuses every login there, and check-clusters says so before anyone tries."""
+    wanted = ["https://dashboard-auth.example.com"]
+    registry = write_registry(tmp_path / "clusters.json", [
+        cluster_a.registry_entry(audiences=wanted), cluster_b.registry_entry(audiences=[DEFAULT_ISSUER]),
+    ])
+    cluster_a.server.answer_audiences = [DEFAULT_ISSUER]
+    try:
+        code, out, err = run(capsys, "check-clusters", "--clusters-file", registry)
+        login = DashboardFrontend(configure(KEY_SECRET_ID=secret_id, CLUSTERS_FILE=registry)).login(
+            cluster_a.login_token(audiences=wanted))
+    finally:
+        cluster_a.server.answer_audiences = None
+
+    rows = check_lines(out)
+    assert code == 1
+    verdict, rest = rows[cluster_a.name]
+    assert verdict == "FAIL"
+    assert (f"audiences do not match: the cluster's answer names ['{DEFAULT_ISSUER}'], the registry's audiences "
+            f"are {wanted}, so every login would be refused") in rest
+    assert body_json(login) == UNAUTHORIZED_LOGIN  # what check-clusters foretold
+    assert rows[cluster_b.name] == ("OK", rows[cluster_b.name][1])
+    assert "TokenReview refuses an unsigned token" in rows[cluster_b.name][1]
+
+
+def test_check_clusters_says_when_audiences_agree(tmp_path, cluster_a, capsys):
+    registry = write_registry(tmp_path / "clusters.json", [cluster_a.registry_entry(audiences=[DEFAULT_ISSUER])])
+    unset = write_registry(tmp_path / "no-audiences.json", [cluster_a.registry_entry()])
+    cluster_a.server.answer_audiences = [DEFAULT_ISSUER, "https://other.example.com"]
+    try:
+        code, out, _ = run(capsys, "check-clusters", "--clusters-file", registry)
+        code_unset, out_unset, _ = run(capsys, "check-clusters", "--clusters-file", unset)
+    finally:
+        cluster_a.server.answer_audiences = None
+    verdict, rest = check_lines(out)[cluster_a.name]
+    assert code == 0 and verdict == "OK"
+    assert f"TokenReview refuses an unsigned token, audiences agree ({DEFAULT_ISSUER})" in rest
+    verdict, rest = check_lines(out_unset)[cluster_a.name]
+    assert code_unset == 0 and verdict == "OK"
+    assert "the cluster names audiences" in rest and "(the registry sets none: not checked)" in rest
+
+
+def test_check_clusters_sends_the_registrys_audiences_and_a_token_nobody_signed(tmp_path, cluster_a, capsys,
+                                                                               monkeypatch):
+    reviewed = []
+    real_review = cluster_a.server.review
+
+    def review(token, audiences=None):
+        reviewed.append((token, audiences))
+        return real_review(token, audiences)
+
+    monkeypatch.setattr(cluster_a.server, "review", review)
+    registry = write_registry(tmp_path / "clusters.json", [cluster_a.registry_entry(audiences=["aud-1", "aud-2"])])
+
+    code, out, err = run(capsys, "check-clusters", "--clusters-file", registry)
+
+    assert code == 0, out
+    [(token, audiences)] = reviewed
+    assert audiences == ["aud-1", "aud-2"]
+    header, claims, signature = token.split(".")
+    assert json.loads(base64.urlsafe_b64decode(header + "=="))["alg"] == "RS256"
+    assert base64.urlsafe_b64decode(signature + "==") == b"signed by nobody"
+    assert "authenticated" not in real_review(token, audiences)  # the fake, like kube-apiserver, refuses it
+    assert token not in out + err and "eyJ" not in out + err
+
+
+def test_check_clusters_fails_a_cluster_whose_token_review_accepts_anything(tmp_path, cluster_a, capsys, monkeypatch):
+    monkeypatch.setattr(cluster_a.server, "review", lambda token, audiences=None: {
+        "authenticated": True, "user": {"username": "system:serviceaccount:default:anyone"}})
+    registry = write_registry(tmp_path / "clusters.json", [cluster_a.registry_entry()])
+
+    code, out, _ = run(capsys, "check-clusters", "--clusters-file", registry)
+
+    verdict, rest = check_lines(out)[cluster_a.name]
+    assert code == 1 and verdict == "FAIL"
+    assert "the cluster authenticated a token nobody signed" in rest
+
+
+# ---------------------------------------------------------------- the command, as installed
+
+
+def test_the_console_script_works_from_any_directory(tmp_path, moto_server, secrets_client, secret_id):
+    """`make install` puts .venv/bin/dashboard-auth in place; it needs neither the repository as the
+    working directory nor on PYTHONPATH."""
+    command = os.path.join(os.path.dirname(sys.executable), "dashboard-auth")
+    env = {**os.environ, "PYTHONPATH": "", "KEY_SECRET_ID": secret_id,
+           "AWS_ENDPOINT_URL_SECRETS_MANAGER": moto_server.url}
+
+    created = subprocess.run([command, "create-key"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                             timeout=120)
+    helped = subprocess.run([sys.executable, "-m", "dashboard_auth_cli", "--help"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=120)
+
+    assert created.returncode == 0, created.stderr
+    assert created.stdout == f"created the key in {secret_id}: kid {stored(secrets_client, secret_id)[0]}\n"
+    assert helped.returncode == 0 and helped.stdout.startswith("usage: dashboard-auth ")

@@ -1,4 +1,9 @@
-"""Operator commands for dashboard-auth: `python -m chalicelib.cli <command>` (see --help).
+"""Operator commands for dashboard-auth: `dashboard-auth <command>` (see --help).
+
+Installed by `make install` as the console script .venv/bin/dashboard-auth (pyproject.toml), so it
+runs from any directory; `python -m dashboard_auth_cli` is the same. It lives beside chalicelib/,
+not in it: chalice deploys all of chalicelib/, and operator commands have no business in the Lambda
+package. The shared logic (settings, key stores, rotation, clusters, session tokens) is chalicelib's.
 
 The commands read the same environment variables as the service (KEY_SECRET_ID, KEY_FILE,
 CLUSTERS_FILE, CLUSTER_TIMEOUT, AWS_ENDPOINT_URL_SECRETS_MANAGER, the AWS credential chain),
@@ -26,10 +31,10 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from urllib.parse import urlsplit
 
-from . import clusters, issuers, keys, logs, rotation, service, sessions
-from . import settings as settings_module
+from chalicelib import clusters, issuers, keys, logs, rotation, service, sessions
+from chalicelib import settings as settings_module
 
-PROG = "python -m chalicelib.cli"
+PROG = "dashboard-auth"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 KEY_HOLDER_SECRET = "kubernetes-dashboard-key-holder"
 CSRF_SECRET = "kubernetes-dashboard-csrf"  # the Dashboard v2 reads data "csrf" at start, as its xsrftoken key
@@ -49,7 +54,19 @@ class _Parser(argparse.ArgumentParser):
     """argparse, with its errors on one line (the usage is one --help away)."""
 
     def error(self, message: str):
+        message = logs.redact(message)  # "unrecognized arguments: eyJ...": a token typed on the command line
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+class _RenamedFlag(argparse.Action):
+    """A flag that was renamed: using it is a usage error that names the new one."""
+
+    def __init__(self, option_strings, dest, new: str, **kwargs):
+        self.new = new
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.error(f"{option_string} was renamed: use {self.new}")
 
 
 class _CommandListFormatter(argparse.HelpFormatter):
@@ -78,8 +95,13 @@ def _settings() -> settings_module.Settings:
 
 
 def _secret_id(args) -> str:
-    secret_id = args.secret_id or _settings().key_secret_id
+    configured = None if args.secret_id else _settings()
+    secret_id = args.secret_id or configured.key_secret_id
     if not secret_id:
+        if configured.key_file:
+            raise UsageError("KEY_FILE holds a single key, which is not rotated: rotation is for the Secrets Manager "
+                             "secret (give --secret-id or set KEY_SECRET_ID); to replace a local key, delete the file "
+                             "(its sessions end) and run create-key")
         raise UsageError("no key secret: give --secret-id or set KEY_SECRET_ID")
     return secret_id
 
@@ -150,8 +172,25 @@ def _write_private_file(path: str, text: str) -> None:
 
 # ---------------------------------------------------------------- create-key
 
+def _key_store_target(args) -> tuple[str, str]:
+    """("secret", id) or ("file", path): the flags first, else as the service chooses (KEY_SECRET_ID, then KEY_FILE)."""
+    if args.secret_id:
+        return "secret", args.secret_id
+    if args.key_file:
+        return "file", os.path.abspath(args.key_file)
+    configured = _settings()
+    if configured.key_secret_id:
+        return "secret", configured.key_secret_id
+    if configured.key_file:  # relative to the app's directory, as the service reads it
+        return "file", os.path.abspath(settings_module.resolve_path(configured, configured.key_file))
+    raise UsageError("no key store: give --secret-id or --key-file, or set KEY_SECRET_ID or KEY_FILE")
+
+
 def cmd_create_key(args) -> int:
-    secret_id = _secret_id(args)
+    kind, target = _key_store_target(args)
+    if kind == "file":
+        return _create_key_file(target)
+    secret_id = target
     client = _secrets_client()
     try:
         before = _version_with(_version_stages(client, secret_id), "AWSCURRENT")
@@ -170,6 +209,26 @@ def cmd_create_key(args) -> int:
         print(f"created the key in {secret_id}: kid {kid}")
     else:
         print(f"created the key in {secret_id}: kid {kid} (version {before} held no usable key)")
+    return EXIT_OK
+
+
+def _create_key_file(path: str) -> int:
+    """The `local` stage's key file, created as the service creates it (mode 0600, never overwritten)."""
+    existed = os.path.lexists(path)
+    try:
+        kid = keys.FileKeyStore(path).fetch().current.kid
+    except keys.KeyStoreUnavailable as error:
+        hint = "; move it away to have a new one created" if existed else ""
+        raise CommandFailed(f"{error}{hint}") from None
+    except OSError as error:
+        raise CommandFailed(f"cannot create key file {path}: {error.strerror or type(error).__name__}") from None
+    if existed:
+        print(f"the key was already there in key file {path}: kid {kid} (not changed)")
+        mode = os.stat(path).st_mode & 0o777
+        if mode & 0o077:
+            print(f"warning: key file {path} is readable by others (mode {mode:04o}): chmod 600 it", file=sys.stderr)
+    else:
+        print(f"created the key in key file {path}: kid {kid} (mode 0600)")
     return EXIT_OK
 
 
@@ -235,8 +294,8 @@ def _namespace(text: str) -> str:
 
 def _key_source(args) -> tuple[str, str, str]:
     """(stored JSON text, kid, where it came from) from the flags, else as the service would choose."""
-    if args.key_file is not None and args.stage is not None:
-        raise UsageError("--stage applies to --secret-id only; a key file has a single key")
+    if args.key_file is not None and args.version_stage is not None:
+        raise UsageError("--version-stage applies to --secret-id only; a key file has a single key")
     secret_id, key_file = args.secret_id, args.key_file
     if secret_id is None and key_file is None:
         configured = _settings()
@@ -256,7 +315,7 @@ def _key_source(args) -> tuple[str, str, str]:
         except keys.UnusableKey as why:
             raise CommandFailed(f"key file {key_file} holds no usable key: {why}") from None
         return text, kid, f"key file {key_file}"
-    stage = args.stage or "AWSCURRENT"
+    stage = args.version_stage or "AWSCURRENT"
     client = _secrets_client()
     try:
         answer = client.get_secret_value(SecretId=secret_id, VersionStage=stage)
@@ -352,10 +411,39 @@ def _relative(moment: datetime, now: datetime) -> str:
 def _read_token(argument: str) -> str:
     if argument != "-":
         return argument.strip()
-    try:
-        return sys.stdin.read(sessions.MAX_TOKEN_CHARS + 1024).strip()
+    try:  # room for a whole login answer: the token inside it is a JSON string, its quotes escaped
+        return sys.stdin.read(2 * sessions.MAX_TOKEN_CHARS + 4096).strip()
     except (OSError, UnicodeDecodeError):
         raise CommandFailed("cannot read a token from stdin") from None
+
+
+LOGIN_ANSWER, REFRESH_ANSWER, SESSION_TOKEN = "login answer", "refresh answer", "session token"
+
+
+def unwrap_answer(text: str) -> tuple[str, str, str | None]:
+    """(the session token, what was read, the login answer's name) from a token or a whole answer.
+
+    A login answer is {"name", "jweToken", "errors"}, a refresh answer {"jweToken", "errors"}: both
+    carry the token as a JSON string. Anything else is taken as the token itself (and judged by
+    sessions.parse). A refused login (jweToken "") is said to be one rather than called malformed.
+    """
+    try:
+        document = json.loads(text)
+    except ValueError:
+        return text, SESSION_TOKEN, None
+    if not isinstance(document, dict) or "jweToken" not in document or "protected" in document:
+        return text, SESSION_TOKEN, None
+    token, errors = document["jweToken"], document.get("errors")
+    name = document.get("name")
+    name = name[:253] if isinstance(name, str) and name.isprintable() else None
+    read = LOGIN_ANSWER if "name" in document else REFRESH_ANSWER
+    if token == "" and errors:
+        messages = sorted({str(((error or {}).get("ErrStatus") or {}).get("message", "?"))[:80]
+                           for error in errors if isinstance(error, dict)} or {"?"})
+        raise CommandFailed(f"this is a refused login's answer ({', '.join(messages)}): it carries no session token")
+    if not isinstance(token, str):
+        raise CommandFailed("this answer's jweToken is not a string: not a session token")
+    return token, read, name
 
 
 def _b64url_json(text: str) -> dict:
@@ -418,19 +506,23 @@ def _describe_text(info: dict, claims: sessions.Claims, now: datetime) -> list[s
 
 
 def cmd_decode(args) -> int:
-    text = _read_token(args.token)
+    text, read, name = unwrap_answer(_read_token(args.token))
     now = datetime.now(timezone.utc).replace(microsecond=0)
     try:
         info, claims = inspect_token(text, now)
     except sessions.InvalidToken:
+        what = "" if read == SESSION_TOKEN else f"the jweToken of this {read} is "
         raise CommandFailed(
-            "not a well-formed session token (expected the Dashboard's JWE: flattened JSON, "
-            "RSA-OAEP-256/A256GCM, a session AAD)"
+            f"{what}not a well-formed session token (expected the Dashboard's JWE: flattened JSON, "
+            "RSA-OAEP-256/A256GCM, a session AAD; or a whole login or refresh answer that carries one)"
         ) from None
     if args.json:
-        print(json.dumps(info, indent=2))
+        print(json.dumps({"read": read, "name": name, **info}, indent=2))
     else:
-        print("\n".join(_describe_text(info, claims, now)))
+        source = {SESSION_TOKEN: "a session token",
+                  LOGIN_ANSWER: "a login answer's jweToken" + (f" (name {name})" if name else ""),
+                  REFRESH_ANSWER: "a refresh answer's jweToken"}[read]
+        print("\n".join([f"{'read':<12} {source}", *_describe_text(info, claims, now)]))
     return EXIT_OK
 
 
@@ -531,6 +623,70 @@ def _access_check(api_client, timeout: float) -> None:
                       + (f" ({why[:200]})" if why else ""))
 
 
+def probe_token() -> str:
+    """A JWT-shaped string nobody signed: every cluster must refuse it, and it is worth nothing to anyone."""
+    def part(value: object) -> str:
+        raw = value if isinstance(value, bytes) else json.dumps(value, separators=(",", ":")).encode()
+        return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+
+    now = int(datetime.now(timezone.utc).timestamp())
+    header = {"alg": "RS256", "kid": "dashboard-auth-check-clusters"}
+    claims = {"iss": "dashboard-auth check-clusters", "sub": "system:serviceaccount:check-clusters:not-signed",
+              "iat": now, "exp": now + 60}
+    return ".".join((part(header), part(claims), part(b"signed by nobody")))
+
+
+def _token_review_check(api_client, cluster: clusters.Cluster, timeout: float) -> str:
+    """One TokenReview of a token nobody signed, sent as the service sends it (the registry's audiences
+    as spec.audiences): the reviewer path end to end. Returns what it showed; _Failed if it failed.
+
+    A cluster that names audiences in its answer that are not the registry's would fail every login
+    (the service wants one of its audiences in status.audiences). A real API server names none when it
+    refuses a token, so only an authenticator that always names its audiences shows a mismatch here.
+    """
+    from kubernetes.client import AuthenticationV1Api, V1TokenReview, V1TokenReviewSpec
+    from kubernetes.client.exceptions import ApiException
+    from urllib3.exceptions import ConnectTimeoutError, HTTPError, MaxRetryError, ReadTimeoutError
+    from urllib3.exceptions import TimeoutStateError
+
+    wanted = list(cluster.audiences)
+    body = V1TokenReview(spec=V1TokenReviewSpec(token=probe_token(), audiences=wanted or None))
+    try:
+        # The answer echoes the token under review: it is read here, never logged or printed.
+        answer = AuthenticationV1Api(api_client).create_token_review(body, _request_timeout=(timeout, timeout))
+    except ApiException as error:  # never str(error): it carries the response body
+        if error.status == 401:
+            raise _Failed("the cluster rejected the reviewer credentials on a TokenReview (HTTP 401)") from None
+        if error.status == 403:
+            raise _Failed("the cluster refused the reviewer's TokenReview (HTTP 403), though its "
+                          "SelfSubjectAccessReview allowed it: an authorizer or admission webhook refuses it") from None
+        raise _Failed(f"the cluster answered HTTP {error.status} to a TokenReview") from None
+    except (HTTPError, OSError) as error:
+        cause = getattr(error, "reason", None) if isinstance(error, MaxRetryError) else error
+        if isinstance(cause, (TimeoutError, TimeoutStateError, ReadTimeoutError, ConnectTimeoutError)):
+            raise _Failed(f"no answer to a TokenReview within {timeout:g} s") from None
+        raise _Failed(f"unreachable during a TokenReview: {type(cause or error).__name__}") from None
+    except ValueError:  # the client could not read the answer as a TokenReview
+        raise _Failed("the cluster answered a TokenReview with something that is not one") from None
+    status = answer.status
+    if status is None:
+        raise _Failed("the cluster's TokenReview answer has no status")
+    if status.authenticated:
+        raise _Failed("the cluster authenticated a token nobody signed: whatever answers its TokenReviews does not "
+                      "check tokens; do not serve logins for it")
+    named = [audience for audience in (status.audiences or []) if isinstance(audience, str)]
+    note = "TokenReview refuses an unsigned token"
+    if named and wanted and not set(named) & set(wanted):
+        raise _Failed(f"{note}, but audiences do not match: the cluster's answer names {named}, the registry's "
+                      f"audiences are {wanted}, so every login would be refused; set audiences to one the cluster "
+                      "names, or remove it")
+    if named and wanted:
+        return f"{note}, audiences agree ({', '.join(sorted(set(named) & set(wanted)))})"
+    if named:
+        return f"{note}, the cluster names audiences {named} (the registry sets none: not checked)"
+    return note
+
+
 def _issuer_keys_note(reviewer: clusters.Reviewer, cluster: clusters.Cluster) -> str:
     """Whether logins to this cluster are verified here first, or every one costs the cluster a TokenReview."""
     if not cluster.verify_locally:
@@ -551,13 +707,14 @@ def check_cluster(reviewer: clusters.Reviewer, cluster: clusters.Cluster, timeou
         server = api_client.configuration.host
         _tls_check(api_client.configuration, timeout)
         _access_check(api_client, timeout)
+        review_note = _token_review_check(api_client, cluster, timeout)
     except _Failed as failure:
         return ClusterCheck(cluster.name, server, False, str(failure))
     except (clusters.ClusterConfigError, clusters.ClusterUnavailable) as error:
         return ClusterCheck(cluster.name, server, False, str(error))
     except Exception as error:  # one cluster's surprise must not hide the others' results; no text: it may quote secrets
         return ClusterCheck(cluster.name, server, False, f"unexpected failure: {type(error).__name__}")
-    note = "reachable, CA verifies, reviewer may create tokenreviews"
+    note = f"reachable, CA verifies, reviewer may create tokenreviews; {review_note}"
     note += "; " + _issuer_keys_note(reviewer, cluster)
     if "eks" in cluster.reviewer:
         note += " (checked with your AWS identity, not the function's role)"
@@ -594,6 +751,26 @@ def cmd_check_clusters(args) -> int:
     return EXIT_OK if all(result.ok for result in results) else EXIT_FAILED
 
 
+# ---------------------------------------------------------------- smoke
+
+def cmd_smoke(args) -> int:
+    from dashboard_auth_cli import smoke
+
+    try:
+        return smoke.run(args)
+    except smoke.SmokeUsage as error:
+        raise UsageError(str(error)) from None
+    except smoke.SmokeFailed as error:
+        raise CommandFailed(str(error)) from None
+
+
+class _TokenOnArgv(argparse.Action):
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.error(f"{option_string} is not taken: a token on the command line ends up in shell history and the "
+                     "process list. Pipe it in (kubectl create token ... | dashboard-auth smoke ...) or give "
+                     "--token-file FILE")
+
+
 def _timeout(text: str) -> float:
     try:
         value = float(text)
@@ -616,16 +793,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", metavar="<command>", required=True)
 
-    def command(name: str, summary: str, description: str):
-        sub = commands.add_parser(name, help=summary, description=description)
+    def command(name: str, summary: str, description: str, **options):
+        sub = commands.add_parser(name, help=summary, description=description, **options)
         return sub
 
     secret_help = "the key secret (name or ARN); default: KEY_SECRET_ID"
 
-    create = command("create-key", "create the key, unless the secret holds a usable one",
+    create = command("create-key", "create the key, unless the secret or key file holds one",
                      "Create the session key in the Secrets Manager secret if it has no usable key, with the "
-                     "service's race-free bootstrap (a usable key is never replaced). Prints the kid; never the key.")
-    create.add_argument("--secret-id", help=secret_help)
+                     "service's race-free bootstrap (a usable key is never replaced). With KEY_FILE (and no "
+                     "KEY_SECRET_ID), or --key-file, create the local stage's key file instead (mode 0600; an "
+                     "existing file is never replaced). Prints the kid; never the key.")
+    store = create.add_mutually_exclusive_group()
+    store.add_argument("--secret-id", help=secret_help)
+    store.add_argument("--key-file", help="a local key file instead (default: KEY_FILE when KEY_SECRET_ID is unset; "
+                       "a relative KEY_FILE is taken from the app's directory, as the service takes it)")
     create.set_defaults(run=cmd_create_key)
 
     rotate = command("rotate", "rotate the key: new AWSCURRENT, old one AWSPREVIOUS",
@@ -647,25 +829,56 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--key-file", help="a local key file instead (default: KEY_FILE when KEY_SECRET_ID is unset)")
     manifest.add_argument("--namespace", type=_namespace, default=DEFAULT_NAMESPACE,
                           help=f"the Dashboard's namespace (default: {DEFAULT_NAMESPACE})")
-    manifest.add_argument("--stage", help="the secret version's staging label (default: AWSCURRENT)")
+    manifest.add_argument("--version-stage", metavar="LABEL",
+                          help="the Secrets Manager version stage of the key to carry: AWSCURRENT (default), "
+                          "AWSPREVIOUS or AWSPENDING. Not a Chalice stage")
+    manifest.add_argument("--stage", action=_RenamedFlag, nargs="?", help=argparse.SUPPRESS,
+                          new="--version-stage LABEL (a Secrets Manager version stage such as AWSPREVIOUS; "
+                          "the Chalice stage is chosen by KEY_SECRET_ID or --secret-id)")
     manifest.add_argument("--output", "-o", metavar="FILE", help="write the manifest to FILE (mode 0600) instead of stdout")
     manifest.set_defaults(run=cmd_manifest)
 
     decode = command("decode", "show a session token's header and times, undecrypted",
                      "Show what a session token says about itself (kid, alg, enc, cluster, iat, exp, auth_time, "
-                     "reviewed_at, expiry and session age) without decrypting it. Give - to read the token from "
-                     "stdin, which keeps it out of your shell history and the process list.")
-    decode.add_argument("token", metavar="TOKEN|-", help="the jweToken, or - for stdin")
+                     "reviewed_at, expiry and session age) without decrypting it. It takes the jweToken itself or "
+                     "the whole login (or refresh) answer that carries it, and says which it read. Give - to read "
+                     "from stdin, which keeps the token out of your shell history and the process list.")
+    decode.add_argument("token", metavar="TOKEN|-",
+                        help="the jweToken or the whole login/refresh answer, or - for stdin")
     decode.add_argument("--json", action="store_true", help="print JSON")
     decode.set_defaults(run=cmd_decode)
 
     check = command("check-clusters", "check every cluster's reach, CA and reviewer rights",
                     "For every cluster of the registry (or the kubeconfig context as \"default\"): TCP and TLS "
-                    "reach, the CA verifies the server, and a SelfSubjectAccessReview with the reviewer's "
-                    "credentials says it may create TokenReviews. One line per cluster; exit 1 if any fails.")
+                    "reach, the CA verifies the server, a SelfSubjectAccessReview with the reviewer's "
+                    "credentials says it may create TokenReviews, and one TokenReview of a token nobody signed "
+                    "(with the registry's audiences, as the service sends them) is answered and refused; an "
+                    "answer naming audiences other than the registry's fails. One line per cluster; exit 1 if "
+                    "any fails.")
     check.add_argument("--clusters-file", help="the cluster registry (default: CLUSTERS_FILE, else the kubeconfig)")
     check.add_argument("--timeout", type=_timeout, help="seconds per connection and request (default: CLUSTER_TIMEOUT, 5)")
     check.set_defaults(run=cmd_check_clusters)
+
+    smoke = command("smoke", "walk the frontend's login sequence against a stage",
+                    "After a deploy: walk the Dashboard frontend's sequence against the stage at --url (GET "
+                    "login/modes, GET csrftoken/login, POST login, GET login/status with the jweToken header, GET "
+                    "csrftoken/token, POST token/refresh twice, the second with the renewed token), one line per "
+                    "step with its latency. With --origin, every answer must allow that origin and the browser's "
+                    "preflights must allow the frontend's methods and headers. Stops at the first failure with a "
+                    "sentence saying what is wrong (exit 1). The ServiceAccount token comes from stdin or "
+                    "--token-file, never the command line, and is never printed; nor is any token the service "
+                    "issues.", allow_abbrev=False)
+    smoke.add_argument("--url", required=True,
+                       help="the API's base URL, the one /api/v1/... hangs from: https://<id>.execute-api.<region>."
+                       "amazonaws.com/api, or your custom domain or CDN URL")
+    smoke.add_argument("--origin", help="a Dashboard frontend's origin (https://dashboard.example.com): check CORS for it")
+    smoke.add_argument("--cluster", help="a named cluster (/clusters/<name>/...); default: the default cluster")
+    smoke.add_argument("--token-file", metavar="FILE|-",
+                       help="read the ServiceAccount token from FILE; without it (or with -) from stdin, or a "
+                       "prompt that does not echo when stdin is a terminal")
+    smoke.add_argument("--token", nargs="?", action=_TokenOnArgv, help=argparse.SUPPRESS)
+    smoke.add_argument("--timeout", type=_timeout, default=30.0, help="seconds per request (default: 30)")
+    smoke.set_defaults(run=cmd_smoke)
     return parser
 
 
@@ -698,6 +911,11 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-if __name__ == "__main__":
+def entry() -> int:
+    """The console script `dashboard-auth` (pyproject.toml) and `python -m dashboard_auth_cli`."""
     _configure_logging()
-    sys.exit(main())
+    return main()
+
+
+if __name__ == "__main__":
+    sys.exit(entry())

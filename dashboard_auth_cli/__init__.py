@@ -1,0 +1,1 @@
+"""dashboard-auth's operator commands (`dashboard-auth --help`); see cli.py. Never deployed to Lambda."""
