@@ -1,15 +1,22 @@
-"""Logging that cannot leak credentials, whatever a library logs at DEBUG.
+"""Logging that cannot leak credentials, whatever a library logs at DEBUG, one JSON object a line.
 
 The kubernetes client logs whole response bodies at DEBUG, and a TokenReview answer echoes the
 token under review; botocore's signer logs what an EKS reviewer token is made of. Rather than
 trusting every logger's level, every record is scrubbed on its way out: anything shaped like a JWT,
 a JWE, a PEM block, a bearer header or AWS SigV4 signing material is replaced, in the message, in
-the traceback text and in the exception a formatter may read directly.
+the fields a record carries (audit events, request context), in the traceback text and in the
+exception a formatter may read directly.
+
+Every line is JSON, written by Powertools' formatter (LambdaPowertoolsFormatter) on the root
+handler, so library records come out in the same shape as ours; the request's context keys
+(request id, route, cluster, cold start) are added to every line of an invocation (see audit.py).
+Library records below WARNING are dropped unless LOG_LEVEL is DEBUG.
 """
 from __future__ import annotations
 
 import logging
 import re
+import sys
 
 REDACTED = "[redacted]"
 _SECRET_MEMBERS = "encrypted_key|ciphertext|token|jweToken|priv|pub|csrf|SecretString|SecretBinary"
@@ -60,11 +67,42 @@ class RedactedException(Exception):
     """Stands in for a logged exception: its text, scrubbed, under the original exception's type."""
 
 
+_STAND_INS: dict[type, type] = {}
+
+
+def _stand_in(exc_type: type) -> type:
+    """A RedactedException subclass named like the original, so a formatted traceback still names it."""
+    stand_in = _STAND_INS.get(exc_type)
+    if stand_in is None:
+        name = getattr(exc_type, "__name__", "Exception")
+        stand_in = type(name, (RedactedException,), {"__module__": getattr(exc_type, "__module__", __name__)})
+        stand_in.__qualname__ = getattr(exc_type, "__qualname__", name)
+        _STAND_INS[exc_type] = stand_in
+    return stand_in
+
+
 def _text_of(error: BaseException) -> str:
     try:
         return str(error)
     except Exception:  # a broken __str__ must not stop the record
         return f"<{type(error).__name__} without a printable message>"
+
+
+# What every LogRecord carries; anything else on a record is a field someone added (extra=..., a
+# filter) and a JSON formatter writes it out, so it is scrubbed like the message.
+_RECORD_ATTRIBUTES = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
+
+
+def _scrubbed(value: object, depth: int = 0) -> object:
+    if isinstance(value, str):
+        return redact(value)
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    if depth < 4 and isinstance(value, (list, tuple)):
+        return [_scrubbed(item, depth + 1) for item in value]
+    if depth < 4 and isinstance(value, dict):
+        return {str(key): _scrubbed(item, depth + 1) for key, item in value.items()}
+    return redact(_text_of(value) if isinstance(value, BaseException) else str(value))
 
 
 class RedactingFilter(logging.Filter):
@@ -77,22 +115,107 @@ class RedactingFilter(logging.Filter):
         record.msg, record.args = redact(message), None
         if record.exc_text:
             record.exc_text = redact(record.exc_text)
-        if record.exc_info and record.exc_info[1] is not None:
-            # Lambda's JSON log format reads the exception itself (errorMessage = str(exception)),
-            # not the scrubbed traceback text above.
+        if record.exc_info and record.exc_info[1] is not None and not isinstance(record.exc_info[1], RedactedException):
+            # Lambda's JSON log format reads the exception itself (errorMessage = str(exception)), and
+            # Powertools' formatter formats the traceback from it, not from the scrubbed text above.
             exc_type, exc_value, exc_traceback = record.exc_info
-            record.exc_info = (exc_type, RedactedException(redact(_text_of(exc_value))), exc_traceback)
+            stand_in = _stand_in(exc_type)(redact(_text_of(exc_value)))
+            record.exc_info = (exc_type, stand_in, exc_traceback)
+        for name, value in list(record.__dict__.items()):
+            if name not in _RECORD_ATTRIBUTES and not name.startswith("_"):  # "_": a handler's own (bytes)
+                setattr(record, name, _scrubbed(value))
         return True
 
 
+# ---------------------------------------------------------------- the line format
+
+SERVICE = "dashboard-auth"
+# Our own records; any other logger's is library chatter, kept below WARNING only at DEBUG.
+OWN_LOGGERS = ("chalicelib",)
+# The handlers the Lambda Python runtime puts on the root logger: they would write every record a
+# second time, in Lambda's text format. Lambda keeps what a function writes to stderr as log lines.
+LAMBDA_RUNTIME_HANDLERS = ("LambdaLoggerHandler", "LambdaLoggerHandlerWithFrameType")
+
+
+def json_formatter() -> logging.Formatter:
+    """Powertools' JSON formatter as the service configures it: UTC RFC 3339 times, the logger's name."""
+    from aws_lambda_powertools.logging.formatter import LambdaPowertoolsFormatter
+
+    class JsonFormatter(LambdaPowertoolsFormatter):
+        def format(self, record: logging.LogRecord) -> str:
+            record.logger = record.name  # Lambda's own JSON format calls it "logger" too
+            return super().format(record)
+
+    return JsonFormatter(
+        utc=True,
+        use_rfc3339=True,
+        log_record_order=["timestamp", "level", "logger", "message"],
+        service=SERVICE,
+    )
+
+
+def bind_context(**keys) -> None:
+    """Add keys to every line this invocation logs (Powertools' context keys: per thread, per request)."""
+    from aws_lambda_powertools.logging.formatter import set_context_keys
+
+    set_context_keys(**{name: value for name, value in keys.items() if value is not None})
+
+
+def clear_context() -> None:
+    from aws_lambda_powertools.logging.formatter import clear_context_keys
+
+    clear_context_keys()
+
+
+class LibraryChatterFilter(logging.Filter):
+    """Library records below WARNING pass only at DEBUG ("Found credentials in environment variables.")."""
+
+    def __init__(self, level: int):
+        super().__init__()
+        self.level = level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return (
+            self.level <= logging.DEBUG
+            or record.levelno >= logging.WARNING
+            or record.name.startswith(OWN_LOGGERS)
+        )
+
+
+class _ServiceHandler(logging.StreamHandler):
+    """The service's own handler (JSON lines), told apart from a test's or the runtime's."""
+
+
+def service_handler(stream, level: str | int) -> logging.Handler:
+    """The handler the service logs through where it sets up logging itself: JSON lines on `stream`,
+    scrubbed, library chatter below WARNING dropped unless `level` is DEBUG."""
+    numeric = logging.getLevelName(level) if isinstance(level, str) else level
+    handler = _ServiceHandler(stream)
+    handler.setFormatter(json_formatter())
+    handler.addFilter(RedactingFilter())
+    handler.addFilter(LibraryChatterFilter(numeric))
+    handler.setLevel(numeric)
+    return handler
+
+
 def configure(level: str) -> None:
-    """Attach the scrubber to every root handler (Lambda installs its own) and set the level."""
+    """Log JSON lines through the scrubber at `level`.
+
+    Where nobody else set up logging (Lambda, whose runtime handler is replaced; `chalice local`; a
+    script) the service's handler writes JSON lines to stderr. Whatever other root handler there is
+    (a test's) keeps its format and gets the scrubber.
+    """
     root = logging.getLogger()
+    for handler in list(root.handlers):
+        if type(handler).__name__ in LAMBDA_RUNTIME_HANDLERS:
+            root.removeHandler(handler)
     if not root.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
-        root.addHandler(handler)
+        root.addHandler(service_handler(sys.stderr, level))
     for handler in root.handlers:
         if not any(isinstance(f, RedactingFilter) for f in handler.filters):
             handler.addFilter(RedactingFilter())
+        if isinstance(handler, _ServiceHandler):  # a second configure (tests) moves the level
+            handler.setLevel(level)
+            for chatter in (f for f in handler.filters if isinstance(f, LibraryChatterFilter)):
+                chatter.level = handler.level
     root.setLevel(level)

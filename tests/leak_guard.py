@@ -5,8 +5,10 @@ For the whole run, in the pytest process:
 1. Every logger logs at DEBUG (re-asserted before each test's setup and call, because importing
    app.py sets the root level from LOG_LEVEL), and every record is written to a temporary file
    through a handler that carries chalicelib.logs' RedactingFilter, attached by
-   `logs.configure("DEBUG")` exactly as production attaches it to Lambda's handler. What lands in
-   the file is what production would log.
+   `logs.configure("DEBUG")` exactly as production attaches it to its own handler. Each record is
+   written as the service writes it (Powertools' JSON line, with the request's context keys and every
+   field an audit event carries), and also as Lambda's runtime would in its text and JSON formats.
+   What lands in the file is what production would log.
 2. Every secret the run creates is registered, by wrapping (behaviour unchanged) the places that
    make or handle them: the ServiceAccount tokens the fake clusters issue and every token sealed
    into (`sessions.mint`) or opened from (`sessions.decrypt`) a session; reviewer and static-user
@@ -157,20 +159,23 @@ _LAMBDA_JSON = JsonFormatter()  # the handler format Lambda installs with AWS_LA
 
 
 class _FileHandler(logging.Handler):
-    """Writes every record as one line: test, logger, level, message (with traceback, stack), and the
-    record as Lambda's runtime writes it in JSON format."""
+    """Writes every record as one line: test, logger, level, message (with traceback, stack), the
+    record as Lambda's runtime writes it in JSON format, and as the service's own handler writes it."""
 
     def __init__(self, guard: LeakGuard, stream) -> None:
         super().__init__(logging.NOTSET)
         self._guard = guard
         self._stream = stream
         self.records = 0
+        self.production = None  # chalicelib.logs.json_formatter(), once chalicelib imports
         self.setFormatter(logging.Formatter("%(message)s"))
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
             # as Lambda's text format and as its JSON format (which reads the exception object itself)
             text = self.format(record) + "\t" + _LAMBDA_JSON.format(copy.copy(record))
+            if self.production is not None:  # the service's JSON line: context keys, audit fields
+                text += "\t" + self.production.format(copy.copy(record))
             self._stream.write(f"{self._guard.current_test}\t{record.name}\t{record.levelname}\t{_one_line(text)}\n")
             self.records += 1
         except Exception:  # never let the guard break a test; a record it cannot write is a guard error
@@ -246,7 +251,8 @@ class LeakGuard:
         try:
             from chalicelib import logs
 
-            logs.configure("DEBUG")  # attaches the RedactingFilter to our handler, as to Lambda's in production
+            logs.configure("DEBUG")  # attaches the RedactingFilter to our handler, as to the service's in production
+            self._handler.production = logs.json_formatter()
             if not any(isinstance(f, logs.RedactingFilter) for f in self._handler.filters):
                 self.errors.append("chalicelib.logs.configure did not attach its RedactingFilter to the guard's handler")
             self.apply_levels(sweep=True)
@@ -467,6 +473,13 @@ def _masked_context(message: str, offset: int, length: int, masks: list[tuple[in
 # ---------------------------------------------------------------------- hooks
 
 _GUARD = pytest.StashKey[LeakGuard]()
+
+
+def secrets_in(config: pytest.Config, text: str) -> list[str]:
+    """The kinds of the registered secrets found in `text` (so far in the run), for a test that reads
+    output the guard does not see itself: stdout (EMF metrics), a log it captured or a subprocess's."""
+    secrets = config.stash[_GUARD].secrets.forbidden(in_bodies=False)
+    return [secrets[secret][0] for _, secret in _find(text, secrets)]
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -10,13 +10,19 @@ import base64
 import io
 import json
 import logging
+import os
 import re
+import subprocess
+import sys
+import textwrap
 import urllib.parse
 
 import pytest
 from awslambdaric.lambda_runtime_log_utils import JsonFormatter
 
 from chalicelib import clusters, logs
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 SA_TOKEN = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6a3ViZS1zeXN0ZW06YWRtaW4ifQ.c2lnbmF0dXJl"
 
@@ -239,3 +245,62 @@ def test_scrubbing_twice_changes_nothing_more():
     once = logs.redact(line)
     assert logs.redact(once) == once
     assert once.count(logs.REDACTED) == 6, once
+
+
+# ---------------------------------------------------------------- the service's own JSON lines
+
+@pytest.fixture
+def service_lines():
+    """The handler the service logs through in Lambda (logs.service_handler), on a string."""
+    stream = io.StringIO()
+    handler = logs.service_handler(stream, "INFO")
+    root = logging.getLogger()
+    root.addHandler(handler)
+    yield lambda: [json.loads(line) for line in stream.getvalue().splitlines()]
+    root.removeHandler(handler)
+
+
+def test_fields_an_event_carries_are_scrubbed_like_the_message(service_lines):
+    logging.getLogger("chalicelib.audit").info(
+        "login refused", extra={"event": "login_refused", "user_agent": f"curl Bearer {SA_TOKEN}",
+                                "audiences": ["dashboard", SA_TOKEN], "nested": {"token": SA_TOKEN}},
+    )
+
+    (line,) = service_lines()
+    assert SA_TOKEN.split(".")[1] not in json.dumps(line)
+    assert line["event"] == "login_refused"  # what is not secret stays readable
+    assert line["user_agent"] == f"curl {logs.REDACTED}"
+    assert line["audiences"] == ["dashboard", logs.REDACTED]
+
+
+def test_an_exception_carrying_a_token_is_scrubbed_in_the_services_json_line(service_lines):
+    log_what_it_raises(logging.getLogger("chalicelib.test"), raise_with_token)
+
+    (line,) = service_lines()
+    assert SA_TOKEN.split(".")[1] not in json.dumps(line)
+    assert line["exception_name"] == "TokenInMessage"
+    assert line["exception"].endswith(f"TokenInMessage: could not parse {logs.REDACTED}")  # the traceback names it
+    assert line["stack_trace"]["value"] == f"could not parse {logs.REDACTED}"
+
+
+def test_the_lambda_runtimes_handler_gives_way_to_the_services_json_lines():
+    """In Lambda the runtime has put its own handler on the root logger; configure() replaces it, so no
+    record is written twice (once in Lambda's text format) and every line is the service's JSON."""
+    program = textwrap.dedent("""
+        import logging
+        from awslambdaric import bootstrap
+        from awslambdaric.lambda_runtime_log_utils import LogFormat
+        bootstrap._setup_logging(LogFormat.TEXT, None, bootstrap.StandardLogSink())
+        from chalicelib import logs
+        logs.configure("INFO")
+        print([type(h).__name__ for h in logging.getLogger().handlers])
+        logging.getLogger("chalicelib.audit").info("key rotation observed", extra={"event": "key_rotated"})
+        logging.getLogger("botocore.credentials").info("Found credentials in environment variables.")
+    """)
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, cwd=ROOT, timeout=60,
+                          env={"PATH": os.environ.get("PATH", ""), "PYTHONPATH": ROOT})
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "['_ServiceHandler']"
+    (line,) = [json.loads(text) for text in done.stderr.splitlines()]
+    assert (line["logger"], line["event"], line["service"]) == ("chalicelib.audit", "key_rotated", "dashboard-auth")
