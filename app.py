@@ -9,7 +9,7 @@ import functools
 
 from chalice import Chalice
 
-from chalicelib import cors, dashboard, logs, rotation, service, settings
+from chalicelib import audit, cors, dashboard, logs, rotation, service, settings
 
 app = Chalice(app_name="dashboard-auth", configure_logs=False)
 # Only JSON and text are served. Chalice matches every request and answer against this list (four
@@ -30,6 +30,10 @@ def route(path: str, methods: list[str]):
             app.route(prefix + path, methods=methods + ["OPTIONS"], content_types=["application/json"])(view)
         return view
     return register
+
+
+# Registered first, so it is the outermost: its access line sees the answer the client gets.
+app.register_middleware(audit.RequestLog(), "http")
 
 
 @app.middleware("http")

@@ -29,9 +29,10 @@ logger = logging.getLogger(__name__)
 class Refused(Exception):
     """Not sent: the breaker is open, or too many requests are in flight. The message is for the log."""
 
-    def __init__(self, message: str, retry_after: int):
+    def __init__(self, message: str, retry_after: int, kind: str = "circuit_open"):
         super().__init__(message)
         self.retry_after = retry_after
+        self.kind = kind  # "circuit_open" or "busy" (the in-flight cap)
 
 
 class CircuitBreaker:
@@ -87,6 +88,7 @@ class CircuitBreaker:
                 raise Refused(
                     f"cluster {self._name}: {self._in_flight} requests already in flight from this container",
                     retry_after=1,
+                    kind="busy",
                 )
             self._in_flight += 1
             probe = self._probing = self._open_until is not None

@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, NamedTuple
 
+from . import audit
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_CLUSTER = "default"
@@ -35,15 +37,30 @@ class UnknownCluster(LookupError):
 
 
 class ClusterUnavailable(RuntimeError):
-    """The cluster could not give an answer (down, slow, 5xx, or it refused our reviewer)."""
+    """The cluster could not give an answer (down, slow, 5xx, or it refused our reviewer).
 
-    def __init__(self, message: str, retry_after: int = 5):
+    `cause` is one of audit.CLUSTER_FAILURE_CAUSES, `detail` says more for the log; both are reported
+    (audit.cluster_failure) where the request failed.
+    """
+
+    def __init__(self, message: str, retry_after: int = 5, cause: str = "other", detail: str | None = None):
         super().__init__(message)
         self.retry_after = retry_after  # seconds a client should wait before trying again
+        self.cause = cause
+        self.detail = detail or message
 
 
 class NotAuthenticated(Exception):
-    """The cluster answered: this token is not an authenticated ServiceAccount of it."""
+    """This token does not log in: the cluster said so, or the local check did (issuers.py).
+
+    `reason` is the class an operator sees (audit.LOGIN_REFUSALS), `details` what else the log may say
+    about it (never the token). The client's answer is the same for every reason.
+    """
+
+    def __init__(self, reason: str = "unauthenticated", **details):
+        super().__init__(reason)
+        self.reason = reason
+        self.details = details
 
 
 @dataclass(frozen=True)
@@ -292,16 +309,20 @@ class Reviewer:
         # Never log the answer: a TokenReview answer echoes the token under review.
         status, data = self._request(cluster, "POST", TOKENREVIEW_PATH, json.dumps(body).encode())
         if status == 403:
-            raise ClusterUnavailable(
+            raise _failed(
+                cluster,
                 f"cluster {cluster.name} refused the service's reviewer credentials (HTTP {status}); "
-                "the reviewer needs `create` on tokenreviews.authentication.k8s.io"
+                "the reviewer needs `create` on tokenreviews.authentication.k8s.io",
+                "reviewer_forbidden", "HTTP 403 to TokenReview: the reviewer needs `create` on tokenreviews",
             )
         if not 200 <= status < 300:
-            raise ClusterUnavailable(f"cluster {cluster.name} answered HTTP {status} to TokenReview")
+            raise _failed(cluster, f"cluster {cluster.name} answered HTTP {status} to TokenReview", "other",
+                          f"HTTP {status} to TokenReview")
         try:
             review = json.loads(data)
         except ValueError:
-            raise ClusterUnavailable(f"cluster {cluster.name} answered TokenReview with something not JSON") from None
+            raise _failed(cluster, f"cluster {cluster.name} answered TokenReview with something not JSON", "other",
+                          "a TokenReview answer that is not JSON") from None
         return _service_account(cluster, review.get("status") if isinstance(review, dict) else None)
 
     def get(self, cluster: Cluster, path: str, max_bytes: int) -> tuple[int, bytes | None]:
@@ -311,51 +332,74 @@ class Reviewer:
     def _request(
         self, cluster: Cluster, method: str, path: str, body: bytes | None, max_bytes: int | None = None
     ) -> tuple[int, bytes | None]:
-        from urllib3.exceptions import HTTPError
-
         from .breaker import Refused
 
         connection = self._connection(cluster)
         try:
-            with cluster.breaker(self._breaker_settings).call():
-                try:
-                    # The kubernetes ApiClient prepares the request as the generated API methods would
-                    # (URL, headers, the reviewer's credentials) and it goes out through the client's
-                    # own pool (its TLS, CA and proxy settings). Skipped: the generated methods'
-                    # per-call pydantic validation and the REST and pool-manager layers' per-request
-                    # dispatch and URL parsing, which together cost more than the request itself; and
-                    # redirects, which would carry the token under review to another URL.
-                    _, _, headers, _, _ = connection.client.param_serialize(
-                        method=method,
-                        resource_path=path,
-                        header_params={"Accept": "application/json", "Content-Type": "application/json"},
-                        auth_settings=["BearerToken"],
-                    )
-                    answer = connection.pool.urlopen(
-                        method, connection.base_path + path, body=body, headers=headers, redirect=False,
-                        preload_content=max_bytes is None,
-                    )
-                    if max_bytes is None:
-                        status, data = answer.status, answer.data
-                    else:
-                        status, data = answer.status, answer.read(max_bytes + 1)
-                        if len(data) > max_bytes:
-                            answer.close()  # the rest is never read: this connection cannot be reused
-                            data = None
-                        else:
-                            answer.release_conn()
-                except (HTTPError, OSError) as error:
-                    raise ClusterUnavailable(f"cluster {cluster.name} unreachable: {type(error).__name__}") from None
-                # The cluster is failing, or our own credentials are: either way its breaker counts it.
-                if status == 401:
-                    raise ClusterUnavailable(
-                        f"cluster {cluster.name} refused the service's reviewer credentials (HTTP 401)"
-                    )
-                if status == 429 or status >= 500:
-                    raise ClusterUnavailable(f"cluster {cluster.name} answered HTTP {status} to {method} {path}")
-                return status, data
+            return self._send(cluster, connection, method, path, body, max_bytes)
         except Refused as refused:
-            raise ClusterUnavailable(str(refused), retry_after=refused.retry_after) from None
+            failure = ClusterUnavailable(str(refused), retry_after=refused.retry_after, cause=refused.kind)
+        except ClusterUnavailable as error:
+            failure = error
+        audit.cluster_failure(cluster.name, failure.cause, failure.detail, failure.retry_after)
+        raise failure
+
+    def _send(
+        self, cluster: Cluster, connection: "_Connection", method: str, path: str, body: bytes | None,
+        max_bytes: int | None,
+    ) -> tuple[int, bytes | None]:
+        import urllib3
+        from urllib3.exceptions import HTTPError
+
+        with cluster.breaker(self._breaker_settings).call():
+            try:
+                # The kubernetes ApiClient prepares the request as the generated API methods would
+                # (URL, headers, the reviewer's credentials) and it goes out through the client's
+                # own pool (its TLS, CA and proxy settings). Skipped: the generated methods'
+                # per-call pydantic validation and the REST and pool-manager layers' per-request
+                # dispatch and URL parsing, which together cost more than the request itself; and
+                # redirects, which would carry the token under review to another URL.
+                _, _, headers, _, _ = connection.client.param_serialize(
+                    method=method,
+                    resource_path=path,
+                    header_params={"Accept": "application/json", "Content-Type": "application/json"},
+                    auth_settings=["BearerToken"],
+                )
+                started = time.perf_counter()
+                # One retry of a connect, as before; none of a TLS failure (a wrong CA fails the same
+                # way twice) or of anything else that is not a connect or read error.
+                answer = connection.pool.urlopen(
+                    method, connection.base_path + path, body=body, headers=headers, redirect=False,
+                    preload_content=max_bytes is None, retries=urllib3.Retry(total=1, other=0),
+                )
+                if max_bytes is None:
+                    status, data = answer.status, answer.data
+                else:
+                    status, data = answer.status, answer.read(max_bytes + 1)
+                    if len(data) > max_bytes:
+                        answer.close()  # the rest is never read: this connection cannot be reused
+                        data = None
+                    else:
+                        answer.release_conn()
+            except (HTTPError, OSError) as error:
+                cause, detail = _connection_failure(error)
+                raise ClusterUnavailable(
+                    f"cluster {cluster.name} unreachable: {cause} ({detail})", cause=cause, detail=detail
+                ) from None
+            if path == TOKENREVIEW_PATH:
+                audit.token_review_answered(cluster.name, (time.perf_counter() - started) * 1000)
+            # The cluster is failing, or our own credentials are: either way its breaker counts it.
+            if status == 401:
+                raise ClusterUnavailable(
+                    f"cluster {cluster.name} refused the service's reviewer credentials (HTTP 401)",
+                    cause="reviewer_unauthorized", detail=f"HTTP 401 to {method} {path}",
+                )
+            if status == 429 or status >= 500:
+                raise ClusterUnavailable(
+                    f"cluster {cluster.name} answered HTTP {status} to {method} {path}",
+                    cause="throttled" if status == 429 else "server_error", detail=f"HTTP {status} to {method} {path}",
+                )
+            return status, data
 
     def client_for(self, cluster: Cluster):
         """The cluster's long-lived ApiClient with the reviewer's credentials (built on first use)."""
@@ -410,17 +454,101 @@ class Reviewer:
         return _eks_reader(value["clusterName"], value["region"])
 
 
+def _failed(cluster: Cluster, message: str, cause: str, detail: str) -> ClusterUnavailable:
+    """A cluster's answer that is a failure (not about the token), reported where it is recognised."""
+    audit.cluster_failure(cluster.name, cause, detail)
+    return ClusterUnavailable(message, cause=cause, detail=detail)
+
+
+def _connection_failure(error: BaseException) -> tuple[str, str]:
+    """(cause, detail) of a request that got no HTTP answer, from urllib3's error and what it wraps.
+
+    urllib3 reports most of these as MaxRetryError, the cause in `.reason`, itself often wrapping the
+    socket or TLS error (`__cause__`, or an argument of its SSLError or ProtocolError): a wrong CA is a
+    MaxRetryError whose reason wraps an ssl.SSLCertVerificationError. The detail names the error,
+    never the request.
+    """
+    import socket
+    import ssl
+
+    from urllib3 import exceptions
+
+    chain, seen = [], error
+    for _ in range(6):  # the wrapped errors, outermost first; bounded against a cycle
+        if seen is None or seen in chain:
+            break
+        chain.append(seen)
+        inner = getattr(seen, "reason", None)
+        if not isinstance(inner, BaseException):
+            inner = seen.__cause__ or seen.__context__
+        if inner is None:  # urllib3's SSLError and ProtocolError carry what they wrap as an argument
+            inner = next((arg for arg in seen.args if isinstance(arg, BaseException)), None)
+        seen = inner
+    for item in chain:
+        if isinstance(item, ssl.SSLCertVerificationError):
+            return "certificate", f"TLS certificate not trusted: {item.verify_message or item.reason}"
+    for item in reversed(chain):  # the innermost says most
+        if isinstance(item, (exceptions.SSLError, ssl.SSLError)) and not isinstance(item, ssl.SSLEOFError):
+            reason = getattr(item, "reason", None)
+            return "certificate", f"TLS handshake failed: {reason if isinstance(reason, str) else type(item).__name__}"
+    for item in chain:
+        if isinstance(item, ConnectionRefusedError):
+            return "connection_refused", "connection refused"
+        if isinstance(item, (exceptions.ConnectTimeoutError,)) and not isinstance(item, exceptions.NewConnectionError):
+            return "timeout", "no connection within the timeout"
+        if isinstance(item, (exceptions.ReadTimeoutError, socket.timeout, TimeoutError)):
+            return "timeout", "no answer within the timeout"
+    for item in chain:
+        if isinstance(item, ConnectionResetError):
+            return "other", "connection reset"
+        if isinstance(item, (ssl.SSLEOFError, exceptions.ProtocolError)):
+            return "other", "connection closed before an answer"
+        if isinstance(item, exceptions.NameResolutionError):
+            return "other", "the server's name does not resolve"
+    return "other", type(chain[-1] if chain else error).__name__
+
+
+# What kube-apiserver writes in a failed TokenReview's status.error (and the fake cluster too): the
+# audiences ("token audiences ["a"] is invalid for the target audiences ["b"]", Go's %q of a list
+# or JSON), and a ServiceAccount that is gone (deleted, or deleted and re-created: another UID).
+_AUDIENCE_ERROR = re.compile(r"token audiences (\[[^\]]*\]) is invalid for the target audiences (\[[^\]]*\])")
+_QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"')
+_DELETED_ERROR = re.compile(
+    r'has been deleted|serviceaccounts? "[^"]*" not found|service account UID \([^)]*\) does not match claim'
+)
+
+
 def _service_account(cluster: Cluster, status: object) -> ServiceAccount:
-    """Who the cluster says the token is: only an authenticated ServiceAccount passes."""
+    """Who the cluster says the token is: only an authenticated ServiceAccount passes.
+
+    A refusal carries its class for the log (NotAuthenticated.reason); the error text itself is never
+    logged, only what is read out of it (audience names).
+    """
     if not isinstance(status, dict) or status.get("authenticated") is not True:
-        raise NotAuthenticated()
+        error = status.get("error") if isinstance(status, dict) else None
+        error = error if isinstance(error, str) else ""
+        audiences = _AUDIENCE_ERROR.search(error)
+        if audiences:
+            raise NotAuthenticated(
+                "audience_mismatch",
+                token_audiences=audit.audiences(_QUOTED.findall(audiences[1])),
+                configured_audiences=list(cluster.audiences),
+            )
+        if _DELETED_ERROR.search(error):
+            raise NotAuthenticated("deleted")
+        raise NotAuthenticated("unauthenticated")
     user = status.get("user")
     username = user.get("username") if isinstance(user, dict) else None
     match = _SERVICE_ACCOUNT.fullmatch(username) if isinstance(username, str) else None
     if match is None:
-        raise NotAuthenticated()  # a person or a node, not a ServiceAccount
-    audiences = status.get("audiences")
-    audiences = audiences if isinstance(audiences, list) else []
-    if cluster.audiences and not set(a for a in audiences if isinstance(a, str)) & set(cluster.audiences):
-        raise NotAuthenticated()
+        raise NotAuthenticated("not_a_service_account")  # a person or a node, not a ServiceAccount
+    answered = status.get("audiences")
+    answered = answered if isinstance(answered, list) else []
+    if cluster.audiences and not set(a for a in answered if isinstance(a, str)) & set(cluster.audiences):
+        raise NotAuthenticated(
+            "audience_mismatch",
+            answered_audiences=audit.audiences(answered),
+            configured_audiences=list(cluster.audiences),
+            namespace=match["namespace"], serviceaccount=match["name"],
+        )
     return ServiceAccount(namespace=match["namespace"], name=match["name"])

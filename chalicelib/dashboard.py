@@ -344,7 +344,7 @@ def answer(operation: Callable[[], object]) -> Response:
         logger.error("misconfigured: %s", error)
         return text_error(503, _not_configured(error), retry_after=60)
     except ClusterUnavailable as error:
-        logger.error("cluster unavailable: %s", error)
+        # already logged where it failed, with its cause (audit.cluster_failure)
         return text_error(503, "The cluster cannot check tokens right now; try again shortly.", error.retry_after)
     except KeyStoreUnavailable as error:
         logger.error("key store unavailable: %s", error)

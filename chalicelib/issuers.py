@@ -100,16 +100,16 @@ class Issuers:
 
     def _check_claims(self, claims: dict, issuer: str) -> None:
         if claims.get("iss") not in (issuer, LEGACY_ISSUER):
-            raise NotAuthenticated()
+            raise _forged("issuer")
         now = self._clock()
         exp, nbf = claims.get("exp"), claims.get("nbf")
         for value in (exp, nbf):
             if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)):
-                raise NotAuthenticated()
+                raise _forged("claims")
         if exp is not None and now >= exp:
-            raise NotAuthenticated()
+            raise _forged("expired")
         if nbf is not None and nbf > now + NOT_BEFORE_LEEWAY:
-            raise NotAuthenticated()
+            raise _forged("not_yet_valid")
 
     # ------------------------------------------------------------ the cache
 
@@ -174,19 +174,25 @@ class Issuers:
         return document.get(member) if isinstance(document, dict) else None
 
 
+def _forged(check: str) -> NotAuthenticated:
+    """A refusal by the local check; `check` says which (header, unknown_key, signature, claims, issuer,
+    expired, not_yet_valid), for the log only."""
+    return NotAuthenticated("forged", check=check)
+
+
 def _read_header(token: str) -> tuple[str, str | None]:
     """The alg and kid of a compact JWS header that looks like one kube-apiserver writes, or NotAuthenticated."""
     try:
         header = sessions.strict_json_member(token.split(".", 1)[0])
     except sessions.InvalidToken:
-        raise NotAuthenticated() from None
+        raise _forged("header") from None
     if not isinstance(header, dict) or not set(header) <= _HEADER_MEMBERS:
-        raise NotAuthenticated()
+        raise _forged("header")
     alg, kid = header.get("alg"), header.get("kid")
     if alg not in SIGNING_ALGORITHMS or header.get("typ", "JWT") != "JWT":
-        raise NotAuthenticated()
+        raise _forged("header")
     if kid is not None and (not isinstance(kid, str) or not 0 < len(kid) <= 256):
-        raise NotAuthenticated()
+        raise _forged("header")
     return alg, kid
 
 
@@ -195,13 +201,13 @@ def _verified_claims(token: str, alg: str, candidates: list) -> dict:
     from jwcrypto.common import JWException
 
     if not candidates:
-        raise NotAuthenticated()
+        raise _forged("unknown_key")
     signed = jws.JWS()
     signed.allowed_algs = [alg]
     try:
         signed.deserialize(token)
     except (JWException, ValueError):
-        raise NotAuthenticated() from None
+        raise _forged("signature") from None
     for key in candidates:
         try:
             signed.verify(key, alg=alg)
@@ -209,13 +215,13 @@ def _verified_claims(token: str, alg: str, candidates: list) -> dict:
         except (JWException, ValueError, TypeError):
             continue
     else:
-        raise NotAuthenticated()
+        raise _forged("signature")
     try:
         claims = sessions.strict_json(signed.payload)
     except sessions.InvalidToken:
-        raise NotAuthenticated() from None
+        raise _forged("claims") from None
     if not isinstance(claims, dict):
-        raise NotAuthenticated()
+        raise _forged("claims")
     return claims
 
 

@@ -30,6 +30,8 @@ from typing import Callable, Protocol
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from . import audit
+
 logger = logging.getLogger(__name__)
 
 KEY_BITS = 2048  # the Dashboard's size; tokens stay small enough for a header
@@ -159,12 +161,33 @@ def parse_secret_value(kid: str, text: str | None) -> SessionKey:
     return SessionKey(kid=kid, private=private_key, public=private_key.public_key(), csrf_secret=csrf)
 
 
+# Answers that are part of the protocol, not failures: no version yet at a stage, and the losing side
+# of the bootstrap race (another container wrote the same candidate, or moved AWSCURRENT first).
+_EXPECTED_ANSWERS = frozenset({"ResourceNotFoundException", "ResourceExistsException", "InvalidParameterException"})
+
+
 class SecretsManagerKeyStore:
     """Reads (and, the first time, creates) the key in a Secrets Manager secret."""
 
     def __init__(self, secret_id: str, client_factory: Callable[[], object]):
         self._secret_id = secret_id
         self._client_factory = client_factory
+
+    def _call(self, client, operation: str, **request):
+        """One Secrets Manager call, counted (audit: SecretsManagerCalls/Errors), after botocore's retries."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        audit.secrets_manager_call()
+        try:
+            return getattr(client, operation)(**request)
+        except ClientError as error:
+            code = error.response.get("Error", {}).get("Code", "unknown")
+            if code not in _EXPECTED_ANSWERS:
+                audit.secrets_manager_error(operation, code)
+            raise
+        except BotoCoreError as error:
+            audit.secrets_manager_error(operation, type(error).__name__)
+            raise
 
     def fetch(self) -> KeySet:
         """Current, previous and pending keys, and the versions rotated out."""
@@ -206,7 +229,7 @@ class SecretsManagerKeyStore:
         stages: dict[str, frozenset[str]] = {}
         request = {"SecretId": self._secret_id, "IncludeDeprecated": True, "MaxResults": 100}
         for _ in range(MAX_VERSION_PAGES):
-            page = client.list_secret_version_ids(**request)
+            page = self._call(client, "list_secret_version_ids", **request)
             for version in page["Versions"]:
                 stages[version["VersionId"]] = frozenset(version.get("VersionStages", ()))
             if not page.get("NextToken"):
@@ -217,7 +240,7 @@ class SecretsManagerKeyStore:
     def _read(self, stage: str) -> tuple[str | None, str | None]:
         client = self._client_factory()
         try:
-            answer = client.get_secret_value(SecretId=self._secret_id, VersionStage=stage)
+            answer = self._call(client, "get_secret_value", SecretId=self._secret_id, VersionStage=stage)
         except client.exceptions.ResourceNotFoundException:
             return None, None
         return answer["VersionId"], answer.get("SecretString")
@@ -238,13 +261,15 @@ class SecretsManagerKeyStore:
     def _write_first_key(self) -> None:
         client = self._client_factory()
         try:
-            client.create_secret(
+            answer = self._call(
+                client, "create_secret",
                 Name=self._secret_id,
                 SecretString=new_secret_value(),
                 ClientRequestToken=self._token("created"),
                 Description="Session-token key for the Kubernetes Dashboard login service",
             )
             logger.info("created the key secret %s", self._secret_id)
+            audit.key_bootstrapped("secretsmanager", self._secret_id, answer.get("VersionId", self._token("created")))
             return
         except client.exceptions.ResourceExistsException:
             pass
@@ -264,7 +289,8 @@ class SecretsManagerKeyStore:
         """
         client = self._client_factory()
         try:
-            answer = client.put_secret_value(
+            answer = self._call(
+                client, "put_secret_value",
                 SecretId=self._secret_id,
                 SecretString=new_secret_value(),
                 ClientRequestToken=token,
@@ -274,6 +300,7 @@ class SecretsManagerKeyStore:
                 # Secrets Manager makes a secret's first version AWSCURRENT whatever labels it is
                 # given; there was no current key to lose.
                 logger.info("wrote a new key version to %s", self._secret_id)
+                audit.key_bootstrapped("secretsmanager", self._secret_id, token, replaced=replacing)
                 return
         except client.exceptions.ResourceExistsException:
             pass  # another container wrote this candidate first: install theirs
@@ -281,11 +308,12 @@ class SecretsManagerKeyStore:
         if replacing is not None:
             move["RemoveFromVersionId"] = replacing
         try:
-            client.update_secret_version_stage(**move)
+            self._call(client, "update_secret_version_stage", **move)
         except client.exceptions.InvalidParameterException:
             logger.info("AWSCURRENT of %s moved since it was read; reading it again", self._secret_id)
             return
         logger.info("wrote a new key version to %s", self._secret_id)
+        audit.key_bootstrapped("secretsmanager", self._secret_id, token, replaced=replacing)
 
 
 class FileKeyStore:
@@ -320,6 +348,7 @@ class FileKeyStore:
         with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
             handle.write(text)
         logger.info("created a new key file %s", self._path)
+        audit.key_bootstrapped("file", self._path, "file-" + parse_secret_value("file", text).fingerprint()[:16])
         return text
 
 
@@ -458,4 +487,7 @@ class KeyCache:
             raise
         held_at = self._clock()  # after the read: the latest moment the keys can have become readable
         self._held_since = {key.kid: self._held_since.get(key.kid, held_at) for key in keys.all()}
+        if self._keys is not None and self._keys.current.kid != keys.current.kid:
+            previous = keys.previous.kid if keys.previous is not None else None
+            audit.key_rotated(self._keys.current.kid, keys.current.kid, previous)
         self._keys, self._fetched_at = keys, started

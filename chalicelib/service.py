@@ -11,22 +11,53 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 from datetime import datetime, timedelta, timezone
 from typing import Callable
 
-from . import dashboard, sessions
-from .clusters import Cluster, NotAuthenticated, Registry, Reviewer, load_registry
+from . import audit, dashboard, sessions
+from .clusters import (
+    Cluster, ClusterConfigError, ClusterUnavailable, NotAuthenticated, Registry, Reviewer, load_registry,
+)
 from .issuers import Issuers
-from .keys import FileKeyStore, KeyCache, KeyNotConfigured, SecretsManagerKeyStore
+from .keys import FileKeyStore, KeyCache, KeyNotConfigured, KeyStoreUnavailable, SecretsManagerKeyStore
 from .settings import Settings, resolve_path
 
 logger = logging.getLogger(__name__)
 
 CLOCK_SKEW = timedelta(seconds=60)
+_SERVICE_ACCOUNT_SUBJECT = re.compile(r"system:serviceaccount:(?P<namespace>[^:]{1,253}):(?P<name>[^:]{1,253})")
 
 
 def utc_now() -> datetime:
     return datetime.now(timezone.utc).replace(microsecond=0)
+
+
+class _Refused(Exception):
+    """A refused refresh, with the reason the operator reads; the client's answer depends only on the
+    outcome (audit.REFRESH_REFUSALS): an expired session or a token that is not ours."""
+
+    def __init__(self, reason: str, **details):
+        super().__init__(reason)
+        self.reason = reason
+        self.details = details
+
+    @property
+    def answer(self) -> Exception:
+        expired = audit.REFRESH_REFUSALS[self.reason] in ("expired", "lifetime", "revoked")
+        return sessions.SessionExpired() if expired else sessions.InvalidToken()
+
+
+def _account_fields(token: str) -> dict:
+    """The ServiceAccount a session's token names (its `sub`, as the cluster authenticated it at login)."""
+    subject = sessions.jwt_subject(token)
+    match = _SERVICE_ACCOUNT_SUBJECT.fullmatch(subject) if subject else None
+    return {"namespace": match["namespace"], "serviceaccount": match["name"]} if match else {}
+
+
+def _kid(envelope: sessions.Envelope) -> str | None:
+    """The kid a presented token names, as logged: the client chose it, so it is cut short."""
+    return envelope.kid[:64] if envelope.kid else None
 
 
 class Service:
@@ -50,14 +81,22 @@ class Service:
 
     def login(self, cluster_name: str | None, raw_body: bytes | None, csrf: str | None) -> dashboard.AuthResponse:
         cluster = self.cluster(cluster_name)
-        self._check_csrf("login", csrf, raw_body)
-        spec = dashboard.parse_login(raw_body)
-        key = self._keys.mint_key()  # before asking the cluster: no key, no point
-        if not sessions.looks_like_jwt(spec.token):
-            raise NotAuthenticated()  # ServiceAccount tokens are JWTs; don't send anything else to a cluster
-        self._issuers.verify(cluster, spec.token)  # a forgery stops here, before the cluster hears of it
-        token_expiry = sessions.jwt_expiry(spec.token)
-        account = self._reviewer.review(cluster, spec.token)
+        try:
+            self._check_csrf("login", csrf, raw_body)
+            spec = dashboard.parse_login(raw_body)
+            key = self._keys.mint_key()  # before asking the cluster: no key, no point
+            if not sessions.looks_like_jwt(spec.token):
+                # ServiceAccount tokens are JWTs; don't send anything else to a cluster
+                raise NotAuthenticated("not_a_jwt")
+            self._issuers.verify(cluster, spec.token)  # a forgery stops here, before the cluster hears of it
+            token_expiry = sessions.jwt_expiry(spec.token)
+            account = self._reviewer.review(cluster, spec.token)
+        except NotAuthenticated as refused:
+            audit.login_refused(cluster.name, refused.reason, **refused.details)
+            raise
+        except (ClusterUnavailable, ClusterConfigError, KeyStoreUnavailable):
+            audit.login_unavailable(cluster.name)
+            raise
         now = self._clock()
         claims = sessions.Claims(
             issued_at=now,
@@ -66,29 +105,47 @@ class Service:
             auth_time=now,
             reviewed_at=now,
         )
-        logger.info("login: cluster=%s serviceaccount=%s/%s", cluster.name, account.namespace, account.name)
-        return dashboard.AuthResponse(sessions.mint(spec.token, claims, key.public, key.kid), name=account.name)
+        session = sessions.mint(spec.token, claims, key.public, key.kid)
+        audit.login_accepted(cluster.name, account.namespace, account.name)
+        return dashboard.AuthResponse(session, name=account.name)
 
     def refresh(self, cluster_name: str | None, raw_body: bytes | None, csrf: str | None) -> dashboard.AuthResponse:
         cluster = self.cluster(cluster_name)
-        self._check_csrf("token", csrf, raw_body)
-        envelope = sessions.parse(dashboard.parse_refresh(raw_body))
+        try:
+            self._check_csrf("token", csrf, raw_body)
+            presented = dashboard.parse_refresh(raw_body)
+            renewed = self._renew(cluster, presented)
+        except _Refused as refused:
+            audit.refresh_refused(cluster.name, refused.reason, **refused.details)
+            raise refused.answer from None
+        except (ClusterUnavailable, ClusterConfigError, KeyStoreUnavailable):
+            audit.refresh_unavailable(cluster.name)
+            raise
+        audit.refresh_renewed(cluster.name)
+        return renewed
+
+    def _renew(self, cluster: Cluster, presented: str) -> dashboard.AuthResponse:
+        try:
+            envelope = sessions.parse(presented)
+        except sessions.InvalidToken:
+            raise _Refused("malformed") from None
         if (envelope.claims.cluster or self._registry().default) != cluster.name:
-            raise sessions.InvalidToken()
+            raise _Refused("other_cluster")
         token = self._open(envelope)
         claims, now = envelope.claims, self._clock()
         if max(claims.issued_at, claims.auth_time) > now + CLOCK_SKEW:
-            raise sessions.InvalidToken()  # we never seal times from the future
+            raise _Refused("future")  # we never seal times from the future
         token_expiry = sessions.jwt_expiry(token)
-        if self._past_limits(claims, token_expiry, now):
-            raise sessions.SessionExpired()
+        limit = self._limit_reached(claims, token_expiry, now)
+        if limit:
+            raise _Refused(limit, **_account_fields(token))
         reviewed_at = claims.reviewed_at
         if reviewed_at is None or now - reviewed_at >= timedelta(seconds=self._settings.review_interval):
             try:
                 self._reviewer.review(cluster, token)
-            except NotAuthenticated:
-                logger.info("refresh: cluster=%s no longer accepts the session's ServiceAccount", cluster.name)
-                raise sessions.SessionExpired() from None
+            except NotAuthenticated as refused:
+                # The session's ServiceAccount is no longer accepted: deleted, or its token revoked.
+                raise _Refused("revoked", review=refused.reason, **_account_fields(token)) from None
             reviewed_at = now
         key = self._keys.mint_key()
         renewed = sessions.Claims(
@@ -117,7 +174,9 @@ class Service:
         return dashboard.login_status(headers)
 
     def cluster(self, cluster_name: str | None) -> Cluster:
-        return self._registry().get(cluster_name)
+        cluster = self._registry().get(cluster_name)
+        audit.cluster_resolved(cluster.name)
+        return cluster
 
     def cluster_names(self, cluster_name: str | None) -> dict:
         registry = self._registry()
@@ -140,17 +199,28 @@ class Service:
     def _open(self, envelope: sessions.Envelope) -> str:
         candidates = self._keys.candidates(envelope.kid)
         if not candidates and self._keys.is_retired(envelope.kid):
-            raise sessions.SessionExpired()  # sealed under a key rotated out: log in again
+            raise _Refused("retired_key", kid=_kid(envelope))  # sealed under a key rotated out: log in again
+        if not candidates:
+            audit.unknown_kid()
+            raise _Refused("unknown_key", kid=_kid(envelope))
         for key in candidates:
             try:
                 return sessions.decrypt(envelope, key.private)
             except sessions.InvalidToken:
                 continue
-        raise sessions.InvalidToken()
+        raise _Refused("tampered", kid=_kid(envelope))
 
-    def _past_limits(self, claims: sessions.Claims, token_expiry: datetime | None, now: datetime) -> bool:
-        limits = [claims.expires_at, self._lifetime_end(claims.auth_time), token_expiry]
-        return any(limit is not None and now >= limit for limit in limits)
+    def _limit_reached(self, claims: sessions.Claims, token_expiry: datetime | None, now: datetime) -> str | None:
+        """Which limit the session has reached, if any: the one a refusal names."""
+        # The session's exp is never past the token's, nor past the lifetime: name the cause, not the symptom.
+        for reason, limit in (
+            ("lifetime", self._lifetime_end(claims.auth_time)),
+            ("token_expired", token_expiry),
+            ("expired", claims.expires_at),
+        ):
+            if limit is not None and now >= limit:
+                return reason
+        return None
 
     def _lifetime_end(self, auth_time: datetime) -> datetime | None:
         if self._settings.max_session_ttl == 0:

@@ -94,3 +94,58 @@ def test_an_eks_reviewer_token_is_a_presigned_sts_call_naming_the_cluster():
     assert query["Action"] == ["GetCallerIdentity"]
     assert "x-k8s-aws-id" in query["X-Amz-SignedHeaders"][0].split(";")
     assert query["X-Amz-Expires"] == ["60"]
+
+
+# ---------------------------------------------------------------- why a TokenReview refused a login
+
+def _cluster(audiences=()):
+    return clusters.Cluster(name="prod-eu", server="https://127.0.0.1:6443", ca_data=b"", reviewer={},
+                            audiences=tuple(audiences))
+
+
+def _refusal(status, audiences=()) -> clusters.NotAuthenticated:
+    with pytest.raises(clusters.NotAuthenticated) as refused:
+        clusters._service_account(_cluster(audiences), status)
+    return refused.value
+
+
+@pytest.mark.parametrize("error, token_audiences", [
+    # kube-apiserver writes the lists with Go's %q; the fake cluster (and some versions) as JSON
+    ('[invalid bearer token, token audiences ["https://kubernetes.default.svc" "vault"] is invalid for the '
+     'target audiences ["dashboard-auth"]]', ["https://kubernetes.default.svc", "vault"]),
+    ('[invalid bearer token, token audiences ["api"] is invalid for the target audiences ["dashboard-auth"]]', ["api"]),
+])
+def test_a_refusal_for_the_audiences_names_the_clusters_and_the_configured_ones(error, token_audiences):
+    refused = _refusal({"user": {}, "error": error}, audiences=["dashboard-auth"])
+    assert refused.reason == "audience_mismatch"
+    assert refused.details == {"token_audiences": token_audiences, "configured_audiences": ["dashboard-auth"]}
+
+
+def test_an_authenticated_service_account_for_other_audiences_is_an_audience_mismatch_naming_it():
+    status = {"authenticated": True, "user": {"username": "system:serviceaccount:team:ci"}, "audiences": ["vault"]}
+    refused = _refusal(status, audiences=["dashboard-auth"])
+    assert refused.reason == "audience_mismatch"
+    assert refused.details == {"answered_audiences": ["vault"], "configured_audiences": ["dashboard-auth"],
+                               "namespace": "team", "serviceaccount": "ci"}
+
+
+@pytest.mark.parametrize("error", [
+    "[invalid bearer token, service account team/ci has been deleted]",
+    '[invalid bearer token, serviceaccounts "ci" not found]',
+    "[invalid bearer token, service account UID (1234) does not match claim (5678)]",
+])
+def test_a_service_account_that_is_gone_is_deleted(error):
+    assert _refusal({"user": {}, "error": error}).reason == "deleted"
+
+
+@pytest.mark.parametrize("status, reason", [
+    ({"user": {}, "error": "[invalid bearer token, token is expired (exp)]"}, "unauthenticated"),
+    ({"user": {}}, "unauthenticated"),
+    ("not an object", "unauthenticated"),
+    ({"authenticated": True, "user": {"username": "jane@example.com"}}, "not_a_service_account"),
+    ({"authenticated": True, "user": {"username": "system:node:ip-10-0-0-1"}}, "not_a_service_account"),
+])
+def test_other_refusals_are_classed_by_what_the_cluster_said(status, reason):
+    refused = _refusal(status)
+    assert refused.reason == reason
+    assert "error" not in refused.details and not any("token is expired" in str(v) for v in refused.details.values())
