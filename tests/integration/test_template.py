@@ -282,6 +282,9 @@ def test_the_topic_can_be_given_or_created_with_an_email_subscription(packaged):
 
 
 # ---------------------------------------------------------------------------------------- rotation failure
+# The key secret: the stack's own (SessionKeySecret) unless the KeySecretArn parameter names one.
+KEY_SECRET = {"Fn::If": ["CreateKeySecret", {"Ref": "SessionKeySecret"}, {"Ref": "KeySecretArn"}]}
+
 def rotation_failed_rule(packaged: Packaged) -> tuple[str, dict]:
     rules = {name: r["Properties"] for name, r in packaged.of_type("AWS::Events::Rule").items()
              if "RotationFailed" in r["Properties"].get("EventPattern", {}).get("detail", {}).get("eventName", [])}
@@ -298,7 +301,7 @@ def test_rotation_failed_rule_matches_the_event_of_this_stacks_secret_and_notifi
     assert pattern["detail"]["eventName"] == ["RotationFailed"]
     secrets = packaged.of_type("AWS::SecretsManager::Secret")
     assert list(secrets) == ["SessionKeySecret"]
-    assert pattern["detail"]["additionalEventData"] == {"SecretId": [{"Ref": "SessionKeySecret"}]}
+    assert pattern["detail"]["additionalEventData"] == {"SecretId": [KEY_SECRET]}
     assert [t["Arn"] for t in rule["Targets"]] == [topic_expression(packaged)]
 
     policy = packaged.resources["AlarmTopicPolicy"]
@@ -322,7 +325,8 @@ def test_rotation_failed_pattern_selects_only_a_failed_rotation_of_this_secret(p
 
     _, rule = rotation_failed_rule(packaged)
     secret_arn = f"arn:aws:secretsmanager:us-east-1:{ACCOUNT}:secret:dashboard-auth/{packaged.stage}/session-key-AbC123"
-    pattern = json.dumps(rule["EventPattern"]).replace(json.dumps({"Ref": "SessionKeySecret"}), json.dumps(secret_arn))
+    pattern = json.dumps(rule["EventPattern"]).replace(json.dumps(KEY_SECRET), json.dumps(secret_arn))
+    assert secret_arn in pattern
 
     def event(name: str, secret: str, detail_type: str = "AWS Service Event via CloudTrail") -> dict:
         # as Secrets Manager sends it: a CloudTrail service event whose additionalEventData names the secret
@@ -734,3 +738,112 @@ def test_web_acl_is_optional_with_a_per_ip_rate_rule_and_a_body_size_rule(packag
     arn, values = association["Properties"]["ResourceArn"]["Fn::Sub"]
     assert arn == "arn:${AWS::Partition}:apigateway:${AWS::Region}::/restapis/${Api}/stages/${Stage}"
     assert values == {"Api": {"Ref": RESTAPI}, "Stage": {"Ref": f"{RESTAPI}.Stage"}}
+
+
+# ---------------------------------------------------------------------------------------- key secret and IAM
+WRITE_KEY_ACTIONS = {"secretsmanager:CreateSecret", "secretsmanager:PutSecretValue",
+                     "secretsmanager:UpdateSecretVersionStage"}
+
+
+def test_key_secret_is_the_stacks_own_or_passed_in_and_the_stack_never_rotates_it(packaged, contract):
+    template = packaged.template
+    assert template["Parameters"]["KeySecretArn"]["Default"] == ""
+    assert template["Conditions"]["CreateKeySecret"] == {"Fn::Equals": [{"Ref": "KeySecretArn"}, ""]}
+    secret = packaged.resources["SessionKeySecret"]
+    assert secret["Condition"] == "CreateKeySecret"
+    assert secret["DeletionPolicy"] == secret["UpdateReplacePolicy"] == "Retain"
+    assert secret["Properties"]["Name"] == f"dashboard-auth/{packaged.stage}/session-key"
+    for function in contract.functions():
+        assert packaged.resources[function]["Properties"]["Environment"]["Variables"]["KEY_SECRET_ID"] == KEY_SECRET
+    schedule = packaged.resources["SessionKeyRotationSchedule"]["Properties"]
+    assert schedule["SecretId"] == KEY_SECRET
+    # CloudFormation would otherwise rotate at once on every create and on each change of the schedule
+    assert schedule["RotateImmediatelyOnUpdate"] is False
+    assert template["Outputs"]["KeySecretArn"]["Value"] == KEY_SECRET
+
+
+def statements(document: dict) -> list[dict]:
+    found = document["Statement"]
+    return found if isinstance(found, list) else [found]
+
+
+def role_statements(packaged: Packaged, role: str) -> list[dict]:
+    inline = [s for p in packaged.resources[role]["Properties"]["Policies"] for s in statements(p["PolicyDocument"])]
+    attached = [s for name, r in packaged.of_type("AWS::IAM::Policy").items() if {"Ref": role} in r["Properties"]["Roles"]
+                for s in statements(r["Properties"]["PolicyDocument"])]
+    return inline + attached
+
+
+def as_list(value) -> list:
+    return value if isinstance(value, list) else [value]
+
+
+def test_no_iam_policy_names_a_partition_region_or_account_literally_nor_any_resource(packaged):
+    policies = [r["Properties"]["PolicyDocument"] for r in packaged.of_type("AWS::IAM::Policy").values()]
+    policies += [p["PolicyDocument"] for r in packaged.of_type("AWS::IAM::Role").values()
+                 for p in r["Properties"].get("Policies", [])]
+    assert policies
+    for document in policies:
+        for statement in statements(document):
+            for resource in as_list(statement["Resource"]):
+                text = json.dumps(resource)
+                assert resource != "*" and '"arn:aws:' not in text and "arn:aws:" not in text, text
+                for literal in re.findall(r"arn:[^\"]*", text):
+                    assert literal.startswith("arn:${AWS::Partition}:"), literal
+                    plain = literal.replace("${AWS::Partition}", "P").replace("${AWS::Region}", "R")
+                    service, region, account = plain.replace("${AWS::AccountId}", "A").split(":")[2:5]
+                    assert (region, account) == ("R", "A"), literal
+
+
+@pytest.mark.parametrize("function", ["api", "rotation"])
+def test_each_function_writes_only_its_own_log_group(packaged, contract, function):
+    logical_id = contract.api_function if function == "api" else contract.rotation_function
+    role = packaged.resources[logical_id]["Properties"]["Role"]["Fn::GetAtt"][0]
+    group = next(name for name, props in log_groups(packaged).items()
+                 if props["LogGroupName"] == {"Fn::Sub": "/aws/lambda/${%s}" % logical_id})
+    logs = [s for s in role_statements(packaged, role) if any(a.startswith("logs:") for a in as_list(s["Action"]))]
+    assert len(logs) == 1, logs
+    assert sorted(as_list(logs[0]["Action"])) == ["logs:CreateLogStream", "logs:PutLogEvents"], (
+        "no logs:CreateLogGroup: the stack creates the group")
+    assert logs[0]["Resource"] == {"Fn::GetAtt": [group, "Arn"]}  # the group's ARN ends in :*, its streams
+    policy = next(name for name, r in packaged.of_type("AWS::IAM::Policy").items()
+                  if {"Ref": role} in r["Properties"]["Roles"])
+    invoker = RESTAPI if function == "api" else "SessionKeyRotationSchedule"
+    assert policy in packaged.resources[invoker]["DependsOn"], f"{invoker} waits until the function may log"
+
+
+def test_only_the_rotation_function_may_write_the_key_secret(packaged, contract):
+    by_function = {}
+    for function in contract.functions():
+        role = packaged.resources[function]["Properties"]["Role"]["Fn::GetAtt"][0]
+        by_function[function] = {a for s in role_statements(packaged, role) if KEY_SECRET in as_list(s["Resource"])
+                                 for a in as_list(s["Action"])}
+    assert by_function[contract.api_function] == {"secretsmanager:GetSecretValue", "secretsmanager:ListSecretVersionIds"}
+    assert by_function[contract.rotation_function] == {
+        "secretsmanager:DescribeSecret", "secretsmanager:GetSecretValue", "secretsmanager:PutSecretValue",
+        "secretsmanager:UpdateSecretVersionStage"}
+    for function in contract.functions():
+        role = packaged.resources[function]["Properties"]["Role"]["Fn::GetAtt"][0]
+        for s in role_statements(packaged, role):
+            assert s["Effect"] == "Allow" and "secretsmanager:*" not in as_list(s["Action"])
+
+
+def test_the_stack_roles_stay_in_step_with_the_chalice_deploy_policies(packaged, contract):
+    """policy-<stage>.json and policy-rotate-<stage>.json serve `chalice deploy`; the stack's roles are
+    those actions, minus the API's key bootstrap writes (the first key is written by create-key), with
+    partition/region/account ARNs and one log group each."""
+    def actions(path: Path, sid_filter=lambda sid: True) -> set[str]:
+        document = json.loads(path.read_text())
+        return {a for s in statements(document) if sid_filter(s.get("Sid", "")) and not s["Sid"].startswith("LambdaWrites")
+                for a in as_list(s["Action"])}
+
+    chalice_dir = ROOT / ".chalice"
+    for function, file in ((contract.api_function, f"policy-{packaged.stage}.json"),
+                           (contract.rotation_function, f"policy-rotate-{packaged.stage}.json")):
+        role = packaged.resources[function]["Properties"]["Role"]["Fn::GetAtt"][0]
+        stack = {a for s in role_statements(packaged, role) for a in as_list(s["Action"]) if not a.startswith("logs:")}
+        deploy = actions(chalice_dir / file)
+        if function == contract.api_function:
+            assert deploy - stack == WRITE_KEY_ACTIONS and stack <= deploy, (sorted(deploy), sorted(stack))
+        else:
+            assert deploy == stack
