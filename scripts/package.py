@@ -108,7 +108,11 @@ def gateway_responses(origins: tuple[str, ...]) -> dict:
     if len(origins) == 1:
         headers.update({"Access-Control-Allow-Origin": f"'{origins[0]}'",
                         "Access-Control-Expose-Headers": "'Retry-After'"})
-    return {kind: {"ResponseParameters": {"Headers": dict(headers)}} for kind in GATEWAY_RESPONSES}
+    # API Gateway's own body ({"message": "Too Many Requests"}, ...) stated outright: SAM writes an empty
+    # responseTemplates map when none is given
+    body = {"application/json": '{"message":$context.error.messageString}'}
+    return {kind: {"ResponseParameters": {"Headers": dict(headers)}, "ResponseTemplates": dict(body)}
+            for kind in GATEWAY_RESPONSES}
 
 
 def merge_template(app_dir: Path, stage: str, origins: tuple[str, ...]) -> dict:

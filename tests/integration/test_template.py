@@ -634,6 +634,8 @@ def test_gateway_responses_carry_cors_headers_that_follow_the_stages_origins(pac
         else:
             assert "Access-Control-Allow-Origin" not in headers, kind
         assert ("Vary" in headers) == bool(origins), kind
+        # the body API Gateway writes by default, kept: a frontend reads {"message": "Too Many Requests"}
+        assert response["ResponseTemplates"] == {"application/json": '{"message":$context.error.messageString}'}
     # the repository's stages show both cases
     assert len(origins) == {"dev": 2, "prod": 1}[packaged.stage]
 
