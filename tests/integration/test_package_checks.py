@@ -163,3 +163,11 @@ def test_an_invalid_stage_in_a_scratch_app_is_refused_before_chalice_runs(app_di
     done = run("prod", str(out), "--allow-placeholders", "--app-dir", str(app_dir))
     assert done.returncode == 2 and "not valid JSON" in done.stderr
     assert not out.exists()
+
+
+def test_the_dev_and_prod_merge_templates_differ_only_in_the_stages_secret_names():
+    """Both are edited by hand: a fix made to one stage and forgotten in the other fails here."""
+    dev = (ROOT / ".chalice" / "merge-dev.json").read_text()
+    prod = (ROOT / ".chalice" / "merge-prod.json").read_text()
+    assert "dashboard-auth/dev/" in dev and "dashboard-auth/prod/" not in dev
+    assert dev.replace("dashboard-auth/dev/", "dashboard-auth/prod/") == prod
