@@ -547,7 +547,7 @@ def test_each_function_has_its_log_group_created_before_anything_invokes_it(pack
     group = matching[0]
     # A log group Lambda had to create itself would make the stack's one fail ("already exists"): what
     # invokes the function waits for the group. The API stage invokes APIHandler; the rotation schedule
-    # rotates at once on creation, invoking RotateKey.
+    # invokes RotateKey (at once on creation, were RotateImmediatelyOnUpdate not false).
     invoker = RESTAPI if function == "api" else "SessionKeyRotationSchedule"
     assert group in packaged.resources[invoker]["DependsOn"], f"{invoker} must depend on {group}"
 
