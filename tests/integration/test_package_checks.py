@@ -171,3 +171,16 @@ def test_the_dev_and_prod_merge_templates_differ_only_in_the_stages_secret_names
     prod = (ROOT / ".chalice" / "merge-prod.json").read_text()
     assert "dashboard-auth/dev/" in dev and "dashboard-auth/prod/" not in dev
     assert dev.replace("dashboard-auth/dev/", "dashboard-auth/prod/") == prod
+
+
+@pytest.mark.parametrize("flag", ["", "ALLOW_PLACEHOLDERS=1"])
+def test_make_package_goes_through_the_checks(flag):
+    """`make package` packages only through scripts/package.py (dry run: make -n runs nothing)."""
+    done = subprocess.run(["make", "-n", "package", "STAGE=prod", *([flag] if flag else [])], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    packaging = [line for line in lines if "scripts/package.py" in line]
+    assert len(packaging) == 1 and "prod build/prod" in packaging[0], lines
+    assert packaging[0].rstrip().endswith("--allow-placeholders") == bool(flag)
+    assert not [line for line in lines if "chalice package" in line or "/chalice " in line], "chalice only via the script"
