@@ -69,3 +69,48 @@ def test_the_console_script_is_declared_for_the_cli():
     entry_points = metadata.distribution("dashboard-auth").entry_points
     assert [(e.name, e.value) for e in entry_points if e.group == "console_scripts"] == [
         ("dashboard-auth", "dashboard_auth_cli.cli:entry")]
+
+
+# ---------------------------------------------------------------- a package for the other architecture
+
+def _elf(machine: int) -> bytes:
+    return b"\x7fELF" + bytes(14) + machine.to_bytes(2, "little") + bytes(12)
+
+
+def _package(tmp_path, architecture: str, files: dict[str, bytes]) -> str:
+    import json
+    import zipfile
+
+    (tmp_path / "sam.json").write_text(json.dumps(
+        {"Resources": {"APIHandler": {"Properties": {"Architectures": [architecture]}}}}
+    ))
+    path = tmp_path / "deployment.zip"
+    with zipfile.ZipFile(path, "w") as package:
+        for name, data in files.items():
+            package.writestr(name, data)
+    return str(path)
+
+
+def _all_smoke_modules(slim_package) -> dict[str, bytes]:
+    return {module.replace(".", "/") + ".py": b"" for module in slim_package.smoke_modules()}
+
+
+def test_an_arm64_package_is_checked_statically_on_another_machine(tmp_path):
+    import sys as _sys
+
+    _sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    import slim_package
+
+    files = {**_all_smoke_modules(slim_package), "yaml/_yaml.cpython-311-aarch64-linux-gnu.so": _elf(183)}
+    path = _package(tmp_path, "arm64", files)
+    assert slim_package.package_architecture(path) == "arm64"
+    slim_package.static_check(path, "arm64")  # passes
+
+    wrong = _package(tmp_path, "arm64", {**files, "_cffi_backend.cpython-311-x86_64-linux-gnu.so": _elf(62)})
+    with pytest.raises(SystemExit, match="_cffi_backend.*not an arm64 ELF object"):
+        slim_package.static_check(wrong, "arm64")
+
+    del files["jwcrypto/jwk.py"]
+    missing = _package(tmp_path, "arm64", files)
+    with pytest.raises(SystemExit, match="jwcrypto.jwk is missing"):
+        slim_package.static_check(missing, "arm64")
