@@ -35,30 +35,28 @@ class Settings:
     app_dir: str
 
 
-def _seconds(env: Mapping[str, str], name: str, default: int) -> int:
+def _whole_number(env: Mapping[str, str], name: str, default: int, minimum: int, maximum: int | None, unit: str) -> int:
     raw = env.get(name, "").strip()
     if not raw:
         return default
     try:
         value = int(raw)
     except ValueError:
-        raise SettingsError(f"{name} must be a whole number of seconds, got {raw!r}") from None
-    if value < 0:
-        raise SettingsError(f"{name} must not be negative, got {value}")
+        raise SettingsError(f"{name} must be a whole number{unit}, got {raw!r}") from None
+    if value < minimum:
+        raise SettingsError(f"{name} must not be negative, got {value}" if minimum == 0
+                            else f"{name} must be between {minimum} and {maximum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise SettingsError(f"{name} must be between {minimum} and {maximum}, got {value}")
     return value
+
+
+def _seconds(env: Mapping[str, str], name: str, default: int) -> int:
+    return _whole_number(env, name, default, 0, None, " of seconds")
 
 
 def _count(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise SettingsError(f"{name} must be a whole number, got {raw!r}") from None
-    if not 1 <= value <= 1000:
-        raise SettingsError(f"{name} must be between 1 and 1000, got {value}")
-    return value
+    return _whole_number(env, name, default, 1, 1000, "")
 
 
 def _positive_float(env: Mapping[str, str], name: str, default: float) -> float:

@@ -99,6 +99,16 @@ def moto_server():
     server.stop()
 
 
+@pytest.fixture(scope="module")
+def own_moto():
+    """A moto server for one test module alone: its tests may stop and restart it (an outage, a fresh
+    empty Secrets Manager) without touching the session's shared one."""
+    server = MotoServer()
+    server.start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture(autouse=True)
 def aws_environment(monkeypatch, request):
     """No test ever reaches real AWS: fake credentials, a fixed region, and no service settings leaking in."""

@@ -18,17 +18,8 @@ from tests.browser.conftest import (
     log_in,
     stored_session,
 )
-from tests.conftest import MotoServer
 
 MAX_SESSION_TTL = 10
-
-
-@pytest.fixture(scope="module")
-def own_moto():
-    server = MotoServer()
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")

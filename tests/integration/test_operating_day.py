@@ -33,7 +33,7 @@ import pytest
 
 from chalicelib import keys, logs, rotation, service, sessions
 from demo.kube_apiserver import DEFAULT_ISSUER, generate_rsa_key, key_id, sign_jwt
-from tests.conftest import ROOT, UNAUTHORIZED_LOGIN, MotoServer, write_registry
+from tests.conftest import ROOT, UNAUTHORIZED_LOGIN, write_registry
 from tests.fakes.lambda_container import FUNCTION_NAME, LambdaContext, api_gateway_event
 from tests.leak_guard import secrets_in
 
@@ -62,15 +62,6 @@ DETAILED = {"Logins", "LoginRefusals", "Refreshes", "ClusterFailures"}  # writte
 
 
 # ---------------------------------------------------------------- the parts
-
-@pytest.fixture(scope="module")
-def own_moto():
-    """Secrets Manager for this module alone: the evening's outage stops it."""
-    server = MotoServer()
-    server.start()
-    yield server
-    server.stop()
-
 
 @pytest.fixture
 def moto(own_moto):

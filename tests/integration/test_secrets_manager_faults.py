@@ -20,7 +20,7 @@ import boto3
 import pytest
 
 from chalicelib import clusters, keys, service, sessions
-from tests.conftest import DashboardFrontend, MotoServer, assert_unavailable, body_json, login_ok, write_registry
+from tests.conftest import DashboardFrontend, assert_unavailable, body_json, login_ok, write_registry
 from tests.fakes.faulty_proxy import FaultyProxy
 
 pytestmark = pytest.mark.usefixtures("healthy")
@@ -48,15 +48,6 @@ def _listening(port: int) -> bool:
             return True
     except OSError:
         return False
-
-
-@pytest.fixture(scope="module")
-def own_moto():
-    """A moto server for this module alone: tests here stop and restart it."""
-    server = MotoServer()
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture
