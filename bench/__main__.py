@@ -1,7 +1,7 @@
-"""python -m bench [refresh login cold memory throughput profile]: run the benchmarks, print one table.
+"""python -m bench [refresh login cold restore memory throughput profile]: run the benchmarks, print one table.
 
-With no names, everything runs, in this order: package (for cold + memory), refresh, login, cold,
-memory, throughput, profile. Sections with details come first; the table is printed last.
+With no names, everything runs, in this order: package (for cold, restore + memory), refresh, login, cold,
+restore, memory, throughput, profile. Sections with details come first; the table is printed last.
 """
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ import sys
 import time
 import traceback
 
-from bench import cold_start, login_warm, memory_size, profiles, refresh_warm, throughput
+from bench import cold_start, login_warm, memory_size, profiles, refresh_warm, restore, throughput
 from bench.stats import Row, table
 from bench.world import World
 
-ALL = ("refresh", "login", "cold", "memory", "throughput", "profile")
+ALL = ("refresh", "login", "cold", "restore", "memory", "throughput", "profile")
 
 
 def _stop_on_sigterm(signum, frame):
@@ -52,7 +52,7 @@ def main(argv: list[str]) -> int:
 
     with World() as world:
         zip_path, package_note = None, "not requested"
-        if "cold" in wanted or "memory" in wanted:
+        if "cold" in wanted or "memory" in wanted or "restore" in wanted:
             built = attempt("package", lambda: memory_size.build_package(world))
             if built:
                 zip_path, package_note = built
@@ -79,6 +79,13 @@ def main(argv: list[str]) -> int:
                     rows.extend(out[0])
                 sections.extend(out[1])
                 cold = out[2]
+        restored = None
+        if "restore" in wanted:
+            out = attempt("restore", lambda: restore.run(world, cold))
+            if out:
+                rows.extend(out[0])
+                sections.extend(out[1])
+                restored = out[2]
         if "memory" in wanted:
             out = attempt("memory", lambda: memory_size.run(world, zip_path, package_note, cold, login_result))
             if out:
