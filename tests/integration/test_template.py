@@ -765,8 +765,16 @@ def test_key_secret_is_the_stacks_own_or_passed_in_and_the_stack_never_rotates_i
 
 
 def statements(document: dict) -> list[dict]:
+    """A policy's statements that are always there; a conditional one (Fn::If: the optional KMS grants)
+    is left to its own test."""
     found = document["Statement"]
-    return found if isinstance(found, list) else [found]
+    return [s for s in (found if isinstance(found, list) else [found]) if "Fn::If" not in s]
+
+
+def conditional_statements(packaged, role: str) -> list[list]:
+    """The [condition, statement, otherwise] of each Fn::If statement of a role's inline policies."""
+    return [s["Fn::If"] for p in packaged.resources[role]["Properties"]["Policies"]
+            for s in as_list(p["PolicyDocument"]["Statement"]) if "Fn::If" in s]
 
 
 def role_statements(packaged: Packaged, role: str) -> list[dict]:
@@ -849,3 +857,42 @@ def test_the_stack_roles_stay_in_step_with_the_chalice_deploy_policies(packaged,
             assert deploy - stack == WRITE_KEY_ACTIONS and stack <= deploy, (sorted(deploy), sorted(stack))
         else:
             assert deploy == stack
+
+
+# ---------------------------------------------------------------------------------------- KMS and the secret's own policy
+
+def test_a_customer_managed_kms_key_is_optional_and_usable_only_through_secrets_manager(packaged, contract):
+    template = packaged.template
+    assert template["Parameters"]["KeyKmsKeyArn"]["Default"] == ""
+    assert packaged.resources["SessionKeySecret"]["Properties"]["KmsKeyId"] == {
+        "Fn::If": ["HasKeyKmsKey", {"Ref": "KeyKmsKeyArn"}, {"Ref": "AWS::NoValue"}]
+    }
+    wanted = {"ApiHandlerRole": {"kms:Decrypt"}, "RotateKeyRole": {"kms:Decrypt", "kms:GenerateDataKey"}}
+    for role, actions in wanted.items():
+        kms = [then for condition, then, _ in conditional_statements(packaged, role) if condition == "HasKeyKmsKey"]
+        assert len(kms) == 1 and set(as_list(kms[0]["Action"])) == actions
+        assert kms[0]["Resource"] == {"Ref": "KeyKmsKeyArn"}
+        assert kms[0]["Condition"] == {
+            "StringEquals": {"kms:ViaService": {"Fn::Sub": "secretsmanager.${AWS::Region}.amazonaws.com"}}
+        }
+
+
+def test_the_secrets_own_policy_admits_only_the_two_roles_and_a_named_break_glass_role(packaged):
+    template = packaged.template
+    assert template["Parameters"]["BreakGlassRoleArn"]["Default"] == ""
+    assert template["Conditions"]["GuardKeySecret"] == {
+        "Fn::And": [{"Condition": "CreateKeySecret"}, {"Condition": "HasBreakGlassRole"}]
+    }
+    policy = packaged.resources["SessionKeySecretPolicy"]
+    assert policy["Condition"] == "GuardKeySecret"
+    assert policy["Properties"]["SecretId"] == {"Ref": "SessionKeySecret"}
+    assert policy["Properties"]["BlockPublicPolicy"] is True
+    api, rotate = {"Fn::GetAtt": ["ApiHandlerRole", "Arn"]}, {"Fn::GetAtt": ["RotateKeyRole", "Arn"]}
+    break_glass = {"Ref": "BreakGlassRoleArn"}
+    read, write = statements(policy["Properties"]["ResourcePolicy"])
+    for statement in (read, write):
+        assert statement["Effect"] == "Deny" and statement["Principal"] == {"AWS": "*"}
+    assert read["Action"] == "secretsmanager:GetSecretValue"
+    assert read["Condition"] == {"StringNotEquals": {"aws:PrincipalArn": [api, rotate, break_glass]}}
+    assert set(write["Action"]) == {"secretsmanager:PutSecretValue", "secretsmanager:UpdateSecretVersionStage"}
+    assert write["Condition"] == {"StringNotEquals": {"aws:PrincipalArn": [rotate, break_glass]}}
