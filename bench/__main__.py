@@ -50,6 +50,7 @@ def main(argv: list[str]) -> int:
         finally:
             print(f"[bench] {name} took {time.monotonic() - begin:.1f} s", file=sys.stderr, flush=True)
 
+    refresh_result = None
     with World() as world:
         zip_path, package_note = None, "not requested"
         if "cold" in wanted or "memory" in wanted or "restore" in wanted:
@@ -63,6 +64,7 @@ def main(argv: list[str]) -> int:
             if out:
                 rows.extend(out[0])
                 sections.extend(out[1])
+                refresh_result = out[2]
         login_result = None
         if "login" in wanted:
             out = attempt("login", lambda: login_warm.run(world))

@@ -126,32 +126,52 @@ def _answer(members: dict):
     return Response(json.dumps({"jweToken": jwe_text, "errors": []}), headers={"Content-Type": "application/json"})
 
 
+def _jwa():
+    """The JOSE pieces the service uses (chalicelib/sessions.py): jwcrypto's JWA algorithm objects."""
+    from jwcrypto.jwa import JWA
+
+    return JWA.keymgmt_alg("RSA-OAEP-256"), JWA.encryption_alg("A256GCM")
+
+
+def _jwk(key):
+    """A `cryptography` key as a jwcrypto JWK, converted once (as the service does, per key object)."""
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from jwcrypto.jwk import JWK
+
+    converted = JWK()
+    converted.unsafe_skip_rsa_key_validation = True
+    converted.import_from_pyca(key)
+    converted.get_op_key("unwrapKey" if isinstance(key, rsa.RSAPrivateKey) else "wrapKey")
+    return converted
+
+
 class UncheckedRefresh:
     """A reference, not the service: a Chalice route doing only what any refresh must (read the
-    body and the JWE, unwrap, decrypt, encrypt, wrap, answer) and no check at all: no strict parse,
-    no CSRF, no AAD, no policy, no key lookup. What is left between it and the floor is Chalice and
-    the JSON/base64 a JWE cannot do without."""
+    body and the JWE, unwrap, decrypt, encrypt, wrap, answer) with the service's JOSE library
+    (jwcrypto's JWA objects and JWK keys, as chalicelib/sessions.py) and no check at all: no strict
+    parse, no CSRF, no AAD, no policy, no key lookup, no access line or metrics. What is left between
+    it and the floor is Chalice, jwcrypto's wrappers and the JSON/base64 a JWE cannot do without."""
 
     def __init__(self, private_pem: str):
         from cryptography.hazmat.primitives import serialization
-        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
         private = serialization.load_pem_private_key(private_pem.encode(), password=None)
-        public, oaep = private.public_key(), _oaep()
+        private_jwk, public_jwk = _jwk(private), _jwk(private.public_key())
+        wrap, content = _jwa()
         app = _reference_app("unchecked-refresh")
 
         @app.route("/api/v1/token/refresh", methods=["POST"])
         def refresh():
             document = json.loads(json.loads(app.current_request.raw_body)["jweToken"])
             aad = f"{document['protected']}.{document['aad']}".encode("ascii")
-            sealed = b64url_decode(document["ciphertext"]) + b64url_decode(document["tag"])
-            cek = private.decrypt(b64url_decode(document["encrypted_key"]), oaep)
-            plaintext = AESGCM(cek).decrypt(b64url_decode(document["iv"]), sealed, aad)
-            new_cek, iv = os.urandom(32), os.urandom(12)
-            sealed = AESGCM(new_cek).encrypt(iv, plaintext, aad)
+            cek = wrap.unwrap(private_jwk, 256, b64url_decode(document["encrypted_key"]), None)
+            plaintext = content.decrypt(cek, aad, b64url_decode(document["iv"]), b64url_decode(document["ciphertext"]),
+                                        b64url_decode(document["tag"]))
+            wrapped = wrap.wrap(public_jwk, 256, None, None)
+            iv, ciphertext, tag = content.encrypt(wrapped["cek"], aad, plaintext)
             return _answer({"protected": document["protected"], "aad": document["aad"],
-                            "encrypted_key": b64url(public.encrypt(new_cek, oaep)), "iv": b64url(iv),
-                            "ciphertext": b64url(sealed[:-16]), "tag": b64url(sealed[-16:])})
+                            "encrypted_key": b64url(wrapped["ek"]), "iv": b64url(iv),
+                            "ciphertext": b64url(ciphertext), "tag": b64url(tag)})
 
         self.app = app
 
@@ -161,27 +181,27 @@ class UncheckedRefresh:
 
 class UncheckedLogin:
     """A reference, not the service: a Chalice route that posts the TokenReview on the review
-    floor's kept-alive connection, reads `authenticated`, and mints (AES-GCM, RSA wrap, base64,
-    JSON), with no other check: no CSRF, no body or answer validation, no policy, no audit line, no
+    floor's kept-alive connection, reads `authenticated`, and mints with the service's JOSE library
+    (jwcrypto's JWA objects: AES-GCM, RSA wrap; base64, JSON), with no other check: no CSRF, no body
+    or answer validation, no issuer check, no policy, no audit or access line, no metrics, no
     kubernetes client."""
 
     def __init__(self, review_floor: "ReviewFloor", audiences: list[str]):
-        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
         app = _reference_app("unchecked-login")
         protected = b64url(b'{"alg":"RSA-OAEP-256","enc":"A256GCM"}')
-        public_key, oaep = review_floor.crypto.public, _oaep()
+        public_jwk = _jwk(review_floor.crypto.public)
+        wrap, content = _jwa()
 
         @app.route("/api/v1/login", methods=["POST"])
         def login():
             token = json.loads(app.current_request.raw_body)["token"]
             review_floor.review(json.dumps({"spec": {"token": token, "audiences": audiences}}).encode())
             aad = b64url(json.dumps({"iat": "2026-01-01T00:00:00Z"}).encode())
-            cek, iv = os.urandom(32), os.urandom(12)
-            sealed = AESGCM(cek).encrypt(iv, json.dumps({"token": token}).encode(), f"{protected}.{aad}".encode())
-            return _answer({"protected": protected, "aad": aad,
-                            "encrypted_key": b64url(public_key.encrypt(cek, oaep)), "iv": b64url(iv),
-                            "ciphertext": b64url(sealed[:-16]), "tag": b64url(sealed[-16:])})
+            wrapped = wrap.wrap(public_jwk, 256, None, None)
+            iv, ciphertext, tag = content.encrypt(wrapped["cek"], f"{protected}.{aad}".encode("ascii"),
+                                                  json.dumps({"token": token}).encode())
+            return _answer({"protected": protected, "aad": aad, "encrypted_key": b64url(wrapped["ek"]),
+                            "iv": b64url(iv), "ciphertext": b64url(ciphertext), "tag": b64url(tag)})
 
         self.app = app
 

@@ -35,11 +35,16 @@ class Subject:
     prepare: Callable[[int], list] = lambda n: [None] * n
     check: Callable[[object], None] | None = None  # called on the first result only, untimed
     times: list[float] = field(default_factory=list)
+    cpu_ms: float = 0.0  # process CPU time over the measured calls (for bench/costs.py: what scales with a CPU share)
+
+    def cpu_per_call(self) -> float:
+        return self.cpu_ms / len(self.times) if self.times else float("nan")
 
     def batch(self, n: int) -> None:
         inputs = self.prepare(n)
         gc.collect()  # garbage of the other subject's batch is not this one's cost
         call, clock, times = self.call, time.perf_counter_ns, self.times
+        cpu_begin = time.process_time()
         for x in inputs:
             begin = clock()
             result = call(x)
@@ -47,6 +52,7 @@ class Subject:
             if self.check is not None:
                 self.check(result)
                 self.check = None
+        self.cpu_ms += (time.process_time() - cpu_begin) * 1000
 
 
 def interleave(subjects: Sequence[Subject], rounds: int, batch: int, warmup: int = 20) -> None:
@@ -55,6 +61,7 @@ def interleave(subjects: Sequence[Subject], rounds: int, batch: int, warmup: int
     for subject in subjects:
         subject.batch(warmup)
         subject.times.clear()
+        subject.cpu_ms = 0.0
     for r in range(rounds):
         for subject in (subjects if r % 2 == 0 else list(reversed(subjects))):
             subject.batch(batch)
