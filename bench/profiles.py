@@ -29,7 +29,7 @@ BUCKETS = [  # (bucket, regex on "file:line(function)" of pstats), first match w
      r"cryptography\.hazmat\.bindings|'(en|de)crypt' of|create_(en|de)cryption_ctx|aead|urandom"),
     ("ssl/socket I/O (incl. waiting for the API server)", r"_ssl\._SSLSocket|'recv_into'|'sendall'|'send' of|_socket|select|poll"),
     ("copy.deepcopy", r"/copy\.py|copyreg"),
-    ("jwcrypto (no longer on the service's path: expected empty)", r"/jwcrypto/"),
+    ("jwcrypto (JWA objects and JWK keys, the service's JOSE library)", r"/jwcrypto/"),
     ("kubernetes client (models, (de)serialization, ApiClient)", r"/kubernetes/"),
     ("pydantic (kubernetes' generated API methods; no longer on the service's path: expected empty)", r"pydantic"),
     ("urllib3 + http.client (request/response handling)", r"/urllib3/|/http/client\.py|/email/|/http/__init__"),
@@ -38,7 +38,9 @@ BUCKETS = [  # (bucket, regex on "file:line(function)" of pstats), first match w
     ("base64 / binascii", r"/base64\.py|binascii|b64"),
     ("re", r"/re/|/sre_|of 're\.Pattern'"),
     ("datetime / time formatting", r"datetime|strftime|strptime|fromisoformat|astimezone"),
+    ("Powertools (JSON log formatter, EMF metrics)", r"aws_lambda_powertools"),
     ("logging", r"/logging/"),
+    ("audit.py + logs.py (access line, audit events, metrics: our code)", r"/chalicelib/(audit|logs)\.py"),
     ("app + chalicelib (our code)", r"/chalicelib/|/app\.py"),
     ("test harness (not in Lambda)", r"/tests/fakes/"),
 ]
@@ -110,6 +112,12 @@ def child(config: dict) -> dict:
         buckets, top = _bucketed(profile, calls)
         result["profiles"][name] = {"buckets": buckets, "top": top, "calls": calls}
 
+    on, off_access, off_all = _observability_switches()
+    quiet = {"access line + EMF blob off": off_access, "all log lines + EMF off": off_all}
+    handler_off = {
+        (kind, label): Subject(f"handler, {label} (measurement only)", container.invoke, _prepared(events, switch))
+        for kind, events in (("refresh", refresh_events), ("login", login_events)) for label, switch in quiet.items()
+    }
     layers = {
         "refresh": [
             Subject("handler: POST /api/v1/token/refresh (event -> response)", container.invoke, refresh_events),
@@ -121,6 +129,7 @@ def child(config: dict) -> dict:
             Subject("floor: AES-GCM encrypt + RSA wrap", lambda _: crypto.encrypt_wrap(crypto.plaintext)),
             Subject("floor: the whole crypto floor", crypto),
             Subject("handler: GET /api/v1/login/modes (chalice + middleware, no crypto)", container.invoke, modes_events),
+            *(subject for (kind, _), subject in handler_off.items() if kind == "refresh"),
         ],
         "login": [
             Subject("handler: POST /api/v1/login (event -> response)", container.invoke, login_events),
@@ -129,16 +138,22 @@ def child(config: dict) -> dict:
             Subject("floor: urllib3 TokenReview POST + json", lambda _: review_floor.review()),
             Subject("sessions.mint", lambda _: sessions.mint(sa_token, claims, key.public, key.kid)),
             Subject("floor: the whole login floor (POST + raw mint)", review_floor),
+            *(subject for (kind, _), subject in handler_off.items() if kind == "login"),
         ],
     }
+    for subjects in layers.values():  # everything else runs with the service's logging and metrics on
+        for subject in subjects:
+            if "(measurement only)" not in subject.name:
+                subject.prepare = _prepared(subject.prepare, on)
     # What a warm container pays every KEY_CACHE_TTL: the key set fetched and parsed again, and the first
     # refresh after it (the new key objects are used as they are: nothing is rebuilt on first use).
     import time
 
+    on()
     refetch, after, warm = [], [], []
     for _ in range(5):
         begin = time.perf_counter()
-        service._keys._refetch()
+        _refetch_keys(service._keys)
         refetch.append((time.perf_counter() - begin) * 1000)
         for target in (after, warm):
             pair = refresh_events(1)[0]
@@ -154,6 +169,52 @@ def child(config: dict) -> dict:
         result["layers"][name] = [(s.name, median(s.times)) for s in subjects]
         result["rounds"][name] = {s.name: per_round(s, batch) for s in subjects}
     return result
+
+
+def _refetch_keys(cache) -> None:
+    """The key set fetched again, as a container does when its cache expires (KeyCache's private API)."""
+    if hasattr(cache, "_refetch"):
+        cache._refetch()
+        return
+    with cache._lock:  # KeyCache._fetch runs with the lock held
+        cache._fetch()
+
+
+def _prepared(prepare, switch):
+    """A batch-preparer that first sets the service's logging/metrics state (untimed, like the events)."""
+    def wrapped(n: int) -> list:
+        switch()
+        return prepare(n)
+    return wrapped
+
+
+def _observability_switches():
+    """Measurement only: switch off the access line and the per-request EMF blob, or every log line and
+    metric, to measure what they cost. (on, off_access, off_all)."""
+    import logging
+
+    from chalicelib import audit
+
+    real = {name: getattr(audit, name) for name in ("_flush", "_count", "_cold_start_metric")}
+
+    def on():
+        for name, value in real.items():
+            setattr(audit, name, value)
+        audit.access_log.disabled = False
+        logging.disable(logging.NOTSET)
+
+    def off_access():
+        on()
+        audit._flush = lambda invocation: None
+        audit.access_log.disabled = True
+
+    def off_all():
+        off_access()
+        audit._count = lambda *args, **kwargs: None
+        audit._cold_start_metric = lambda *args, **kwargs: None
+        logging.disable(logging.CRITICAL)
+
+    return on, off_access, off_all
 
 
 def _layer_lines(layers: list[tuple[str, float]], floor_name: str, total_name: str) -> list[str]:
@@ -181,6 +242,11 @@ REFRESH_DERIVED = [
      ["sessions.mint"], ["floor: AES-GCM encrypt + RSA wrap"]),
     ("Service.refresh's own work (- decrypt - mint; parse included)",
      ["Service.refresh (no chalice)"], ["sessions.decrypt", "sessions.mint"]),
+    ("the access line + the per-request EMF blob (handler - handler without them)",
+     ["handler: POST /api/v1/token/refresh (event -> response)"],
+     ["handler, access line + EMF blob off (measurement only)"]),
+    ("every log line and EMF metric (handler - handler without any)",
+     ["handler: POST /api/v1/token/refresh (event -> response)"], ["handler, all log lines + EMF off (measurement only)"]),
 ]
 LOGIN_DERIVED = [
     ("chalice + app.py + dashboard.answer (handler - Service.login)",
@@ -190,6 +256,10 @@ LOGIN_DERIVED = [
     ("sessions.mint around the raw encrypt/wrap (sessions.mint - floor, from the refresh set)", [], []),
     ("Service.login's own work (- review - mint)",
      ["Service.login (no chalice)"], ["Reviewer.review (kubernetes client TokenReview)", "sessions.mint"]),
+    ("the access line + the per-request EMF blob (handler - handler without them)",
+     ["handler: POST /api/v1/login (event -> response)"], ["handler, access line + EMF blob off (measurement only)"]),
+    ("every log line and EMF metric (handler - handler without any)",
+     ["handler: POST /api/v1/login (event -> response)"], ["handler, all log lines + EMF off (measurement only)"]),
 ]
 
 
