@@ -1,7 +1,8 @@
 """python -m bench [refresh login cold restore memory throughput profile]: run the benchmarks, print one table.
 
 With no names, everything runs, in this order: package (for cold, restore + memory), refresh, login, cold,
-restore, memory, throughput, profile. Sections with details come first; the table is printed last.
+restore, memory, throughput, profile; after them, the memory-size model (bench/costs.py) from the figures
+that ran. Sections with details come first; the table is printed last.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import sys
 import time
 import traceback
 
-from bench import cold_start, login_warm, memory_size, profiles, refresh_warm, restore, throughput
+from bench import cold_start, costs, login_warm, memory_size, profiles, refresh_warm, restore, throughput
 from bench.stats import Row, table
 from bench.world import World
 
@@ -92,6 +93,10 @@ def main(argv: list[str]) -> int:
             out = attempt("memory", lambda: memory_size.run(world, zip_path, package_note, cold, login_result))
             if out:
                 rows.extend(out[0])
+                sections.extend(out[1])
+        if any(name in wanted for name in ("refresh", "login", "cold", "restore")):
+            out = attempt("costs", lambda: costs.run(refresh_result, login_result, cold, restored))
+            if out:
                 sections.extend(out[1])
         if "throughput" in wanted:
             out = attempt("throughput", lambda: throughput.run(world))

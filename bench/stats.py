@@ -22,7 +22,8 @@ def median(values: Sequence[float]) -> float:
 
 def summary(values: Sequence[float]) -> dict:
     return {"n": len(values), "median": median(values), "p99": percentile(values, 99),
-            "min": min(values) if values else float("nan")}
+            "min": min(values) if values else float("nan"),
+            "mean": sum(values) / len(values) if values else float("nan")}
 
 
 @dataclass
