@@ -9,7 +9,7 @@ import functools
 
 from chalice import Chalice
 
-from chalicelib import audit, cors, dashboard, logs, rotation, service, settings
+from chalicelib import audit, cors, dashboard, logs, rotation, service, settings, snapstart
 
 app = Chalice(app_name="dashboard-auth", configure_logs=False)
 # Only JSON and text are served. Chalice matches every request and answer against this list (four
@@ -21,6 +21,10 @@ logs.configure(settings.current().log_level)
 @functools.lru_cache(maxsize=1)
 def auth() -> service.Service:
     return service.build(settings.current())
+
+
+# Under SnapStart's initialisation only: build it now, before the snapshot (chalicelib/snapstart.py).
+snapstart.set_up(auth)
 
 
 def route(path: str, methods: list[str]):

@@ -218,6 +218,11 @@ class _ReviewerToken:
         self._token: str | None = None
         self._fetched_at = 0.0
 
+    def forget(self) -> None:
+        """Drop the token in hand (a container restored from a snapshot reads it afresh)."""
+        self._token = None
+        self._fetched_at = 0.0
+
     def get(self) -> str:
         if self._token is None or time.monotonic() - self._fetched_at > REVIEWER_TOKEN_REREAD_SECONDS:
             try:
@@ -285,6 +290,7 @@ class _Connection(NamedTuple):
     client: object
     pool: object
     base_path: str  # "" unless the server URL has a path (a proxy in front of the API server)
+    reviewer_token: "_ReviewerToken | None" = None  # None for a kubeconfig context
 
 
 class Reviewer:
@@ -405,20 +411,50 @@ class Reviewer:
         """The cluster's long-lived ApiClient with the reviewer's credentials (built on first use)."""
         return self._connection(cluster).client
 
+    def prepare(self, cluster: Cluster) -> None:
+        """Build the cluster's ApiClient and pool now, without connecting or reading any credential.
+
+        For SnapStart's initialisation (chalicelib/snapstart.py). A kubeconfig context is left for the
+        first request: loading it may run a credential plugin.
+        """
+        if "kubeconfig" not in cluster.reviewer:
+            self._connection(cluster)
+
+    def after_restore(self, cluster: Cluster) -> None:
+        """What one container restored from a snapshot must not share with another restored from it:
+        the pool's connections, the reviewer token in hand, the breaker's monotonic-clock state."""
+        with cluster._connection_lock:
+            cluster._breaker = None
+            connection = cluster._connection
+            if connection is None:
+                return
+            if connection.reviewer_token is not None:
+                connection.reviewer_token.forget()
+            connection.pool.close()  # and whatever connections it holds
+            connection.client.rest_client.pool_manager.clear()
+            cluster._connection = connection._replace(pool=self._pool(connection.client))
+
+    def _pool(self, client):
+        import urllib3
+
+        url = urllib3.util.parse_url(client.configuration.host)
+        return client.rest_client.pool_manager.connection_from_url(
+            url.url, pool_kwargs={"timeout": urllib3.Timeout(connect=self._timeout, read=self._timeout)}
+        )
+
     def _connection(self, cluster: Cluster) -> _Connection:
         with cluster._connection_lock:
             if cluster._connection is None:
                 import urllib3
 
-                client = self._build_client(cluster)
+                client, reviewer_token = self._build_client(cluster)
                 url = urllib3.util.parse_url(client.configuration.host)
-                pool = client.rest_client.pool_manager.connection_from_url(
-                    url.url, pool_kwargs={"timeout": urllib3.Timeout(connect=self._timeout, read=self._timeout)}
+                cluster._connection = _Connection(
+                    client, self._pool(client), (url.path or "").rstrip("/"), reviewer_token
                 )
-                cluster._connection = _Connection(client, pool, (url.path or "").rstrip("/"))
             return cluster._connection
 
-    def _build_client(self, cluster: Cluster):
+    def _build_client(self, cluster: Cluster) -> tuple[object, "_ReviewerToken | None"]:
         from kubernetes import client, config
 
         if "kubeconfig" in cluster.reviewer:
@@ -431,7 +467,7 @@ class Reviewer:
                     f"kubeconfig whose current context may create TokenReviews ({type(error).__name__})"
                 ) from None
             api_client.configuration.retries = 1
-            return api_client
+            return api_client, None
         configuration = client.Configuration(host=cluster.server, ca_cert_data=cluster.ca_data.decode())
         configuration.retries = 1
         configuration.connection_pool_maxsize = 4
@@ -443,7 +479,7 @@ class Reviewer:
             conf.api_key["BearerToken"] = reviewer_token.get()
 
         configuration.refresh_api_key_hook = refresh_reviewer_token
-        return client.ApiClient(configuration)
+        return client.ApiClient(configuration), reviewer_token
 
     def _token_source(self, cluster: Cluster) -> Callable[[], str]:
         kind, value = next(iter(cluster.reviewer.items()))

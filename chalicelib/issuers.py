@@ -79,6 +79,11 @@ class Issuers:
         self._lock = threading.Lock()
         self._states: dict[str, _ClusterState] = {}
 
+    def forget(self) -> None:
+        """Drop every cluster's published keys and fetch times (a container restored from a snapshot)."""
+        with self._lock:
+            self._states = {}
+
     def verify(self, cluster: Cluster, token: str) -> bool:
         """True if the token verified here; False if only TokenReview can tell. NotAuthenticated if forged.
 

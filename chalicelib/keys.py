@@ -403,6 +403,16 @@ class KeyCache:
         self._retry_at = 0.0
         self._held_since: dict[str, float] = {}  # kid -> when a fetch first brought us that key
 
+    def forget(self) -> None:
+        """Drop every key fetched and every time measured: a container restored from a snapshot starts
+        as a cold one (its monotonic clock is not the snapshotted container's)."""
+        with self._lock:
+            self._keys = None
+            self._fetched_at = 0.0
+            self._attempted_at = float("-inf")
+            self._retry_at = 0.0
+            self._held_since = {}
+
     def keys(self) -> KeySet:
         with self._lock:
             now = self._clock()

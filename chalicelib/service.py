@@ -183,6 +183,31 @@ class Service:
         registry.get(cluster_name)
         return {"clusters": registry.names(), "defaultCluster": registry.default}
 
+    # ------------------------------------------------------------ SnapStart (chalicelib/snapstart.py)
+
+    def prepare(self) -> None:
+        """Before the snapshot: the registry and one ApiClient per cluster, no connection, no secret.
+
+        A registry that does not load is left for the requests to report, as without SnapStart."""
+        try:
+            registry = self._registry()
+        except ClusterConfigError as error:
+            logger.warning("not preparing the clusters before the snapshot: %s", error)
+            return
+        for name in registry.names():
+            self._reviewer.prepare(registry.clusters[name])
+
+    def after_restore(self) -> None:
+        """In each container restored from the snapshot: forget what must not be shared between them."""
+        self._keys.forget()
+        self._issuers.forget()
+        try:
+            registry = self._registry()
+        except ClusterConfigError:
+            return
+        for cluster in registry.clusters.values():
+            self._reviewer.after_restore(cluster)
+
     # ------------------------------------------------------------ policy
 
     def _check_csrf(self, action: str, token: str | None, raw_body: bytes | None) -> None:
