@@ -24,6 +24,13 @@ API Gateway cannot echo a request's Origin only when it is on a list, so:
   another origin then sees API Gateway's own errors (a 429 among them) as a failed request without a
   status, never one origin's answer labelled for another; echoing any Origin would let every site
   read them, which the list exists to prevent.
+
+SnapStart (a stage's "snapstart": true in .chalice/config.json) is applied to the packaged template
+afterwards: the API function gets SnapStart on published versions and an alias (SAM's
+AutoPublishAlias), and API Gateway's integration and the invoke permission name the alias, so
+requests reach the snapshotted version. Lambda offers SnapStart for python3.12 and newer only, and
+chalice takes the function's runtime from the Python that runs it: packaged by an older Python,
+the stage is packaged without SnapStart, and one line says so.
 """
 from __future__ import annotations
 
@@ -45,6 +52,9 @@ from chalicelib import clusters, settings  # noqa: E402
 # Names reserved for examples and tests (RFC 2606, RFC 6761): an origin there is a placeholder.
 RESERVED_HOST = re.compile(r"(^|\.)(example\.(com|net|org)|example|invalid|test)$", re.I)
 GATEWAY_RESPONSES = ("DEFAULT_4XX", "DEFAULT_5XX")
+API_FUNCTION = "APIHandler"  # chalice's logical id of the API function
+SNAPSTART_ALIAS = "live"
+SNAPSTART_MIN_PYTHON = (3, 12)
 
 
 class Refused(Exception):
@@ -57,6 +67,59 @@ def stage_environment(app_dir: Path, stage: str) -> dict[str, str]:
         deployed = sorted(s for s in config.get("stages", {}) if s != "local")
         raise Refused(f"stage {stage!r} is not a deployed stage of .chalice/config.json ({', '.join(deployed)})")
     return {**config.get("environment_variables", {}), **config["stages"][stage].get("environment_variables", {})}
+
+
+def stage_snapstart(app_dir: Path, stage: str) -> bool:
+    """The stage's "snapstart" setting in .chalice/config.json (off unless given)."""
+    config = json.loads((app_dir / ".chalice" / "config.json").read_text())
+    value = config.get("stages", {}).get(stage, {}).get("snapstart", False)
+    if not isinstance(value, bool):
+        raise Refused(f'.chalice/config.json (stage {stage}): "snapstart" must be true or false, got {value!r}')
+    return value
+
+
+def snapstart_supported(runtime: object) -> bool:
+    """Whether Lambda offers SnapStart for this runtime (of Python's: python3.12 and newer)."""
+    match = re.fullmatch(r"python3\.(\d+)", runtime) if isinstance(runtime, str) else None
+    return bool(match) and int(match[1]) >= SNAPSTART_MIN_PYTHON[1]
+
+
+def _swap_function_arn(value, old: str, new: str):
+    """`value` with every ${old} in a string (the integrations' Fn::Sub URIs) written ${new}."""
+    if isinstance(value, str):
+        return value.replace("${" + old + "}", "${" + new + "}")
+    if isinstance(value, list):
+        return [_swap_function_arn(item, old, new) for item in value]
+    if isinstance(value, dict):
+        return {key: _swap_function_arn(item, old, new) for key, item in value.items()}
+    return value
+
+
+def apply_snapstart(template: dict, stage: str, enabled: bool) -> str | None:
+    """Turn SnapStart on for the API function of a packaged template, in place, if the runtime has it.
+
+    Returns the line to print: what was done, or why SnapStart was left off (None when the stage does
+    not ask for it). The rotation function is invoked by Secrets Manager a few times a month: no
+    SnapStart, no alias.
+    """
+    if not enabled:
+        return None
+    resources = template["Resources"]
+    function = resources[API_FUNCTION]["Properties"]
+    runtime = function.get("Runtime")
+    if not snapstart_supported(runtime):
+        return (f"SnapStart left off for stage {stage}: the packaged runtime is {runtime} (the Python running "
+                f"chalice package) and Lambda offers SnapStart for python3.12 and newer only; package with "
+                f"Python 3.12+ to get it")
+    function["SnapStart"] = {"ApplyOn": "PublishedVersions"}
+    function["AutoPublishAlias"] = SNAPSTART_ALIAS
+    # SAM names the alias it creates <function>Alias<alias>; Ref of an alias is its ARN.
+    alias = f"{API_FUNCTION}Alias{SNAPSTART_ALIAS}"
+    api = resources["RestAPI"]["Properties"]
+    api["DefinitionBody"] = _swap_function_arn(api["DefinitionBody"], f"{API_FUNCTION}.Arn", alias)
+    resources[f"{API_FUNCTION}InvokePermission"]["Properties"]["FunctionName"] = {"Ref": alias}
+    return (f"SnapStart on for stage {stage}: {API_FUNCTION} ({runtime}) publishes a version on every deploy, "
+            f"served through its alias {SNAPSTART_ALIAS!r}")
 
 
 def check(app_dir: Path, stage: str, allow_placeholders: bool = False) -> tuple[tuple[str, ...], list[str]]:
@@ -124,6 +187,7 @@ def merge_template(app_dir: Path, stage: str, origins: tuple[str, ...]) -> dict:
 
 def package(app_dir: Path, stage: str, out: Path, allow_placeholders: bool) -> None:
     origins, warnings = check(app_dir, stage, allow_placeholders)
+    snapstart = stage_snapstart(app_dir, stage)
     for warning in warnings:
         print(f"warning: {warning} (packaged anyway: --allow-placeholders)", file=sys.stderr)
     with tempfile.TemporaryDirectory() as scratch:
@@ -135,6 +199,13 @@ def package(app_dir: Path, stage: str, out: Path, allow_placeholders: bool) -> N
                               cwd=app_dir, env=env)
     if done.returncode:
         sys.exit(done.returncode)
+    sam = out / "sam.json"
+    template = json.loads(sam.read_text())
+    note = apply_snapstart(template, stage, snapstart)
+    if "SnapStart" in template["Resources"][API_FUNCTION]["Properties"]:
+        sam.write_text(json.dumps(template, indent=2) + "\n")
+    if note:
+        print(note, file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
