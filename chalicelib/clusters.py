@@ -2,7 +2,9 @@
 
 Each cluster gets one kubernetes ApiClient per container, built on first use and kept, so a
 warm container pays one TLS handshake per cluster, not one per login. The kubernetes package
-is imported only when a review is actually needed: most refreshes never load it.
+is imported only when a review is actually needed: most refreshes never load it. Under SnapStart
+(snapstart.py) the ApiClients, kubernetes with them, are built before the snapshot instead, without
+connecting or reading a reviewer credential, and each restored container gets a fresh pool.
 """
 from __future__ import annotations
 
