@@ -100,5 +100,5 @@ def run(refresh, login, cold, restored) -> tuple[list[Row], list[str]]:
     notes = ["memory size, latency and cost (a model from this run's figures: CPU time scales with the share, "
              f"min(1, M/{FULL_VCPU_MB}) of a vCPU, waits do not; billed = duration rounded up to 1 ms, a cold start's "
              f"INIT included; {PRICE_NOTE}; loopback waits: add the region's Secrets Manager and API server round "
-             "trips at every size):", *table_lines(figures)]
+             "trips at every size):\n" + "\n".join(table_lines(figures))]
     return [], notes
