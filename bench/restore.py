@@ -1,13 +1,15 @@
-"""5. A restored container (SnapStart, emulated): the first refresh and the first login after a restore.
+"""3 (restored). A restored container (SnapStart, emulated): the first refresh and the first login after a restore.
 
 A local stand-in for snapshot and restore: a "snapshot" process initialises a container as a
-snapshot would hold it, then forks; each forked child is a restored container and serves one
-first request, timed from the fork's return to the answer.
+snapshot would hold it, then forks; each forked child is a restored container: it runs the
+after-restore hook and serves one first request, timed from the fork's return to the answer.
 
-- Service snapshot (SnapshotService below): `import app`, the settings, the cluster registry, each
-  cluster's kubernetes ApiClient and its (unconnected) pool, and the imports a first request needs
-  (boto3, botocore, kubernetes, urllib3). No secret read, no connection opened, no Secrets Manager
-  client built (what app.py's SnapStart hooks will do may differ: this is what the bench assumes).
+- Service snapshot (SnapshotService below): `import app`, then what app.py runs under SnapStart's
+  initialisation, chalicelib.snapstart.prepare: the imports (boto3, botocore, kubernetes), the
+  settings, the cluster registry, each cluster's kubernetes ApiClient and its (unconnected) pool. No
+  secret read, no connection opened, no Secrets Manager client built. The child first runs
+  chalicelib.snapstart.after_restore (as the runtime's after-restore hook), inside the timed span.
+  (Without chalicelib/snapstart.py, the same preparation is done by hand.)
 - Floor snapshot (SnapshotFloor): the same imports, a Secrets Manager client and an unconnected
   urllib3 pool to the floor server. A forked child does only what a restored container cannot have
   done before the snapshot: ONE GetSecretValue from the moto server, the PEM load (no RSA key check,
