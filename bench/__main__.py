@@ -1,8 +1,8 @@
 """python -m bench [refresh login cold restore memory throughput profile]: run the benchmarks, print one table.
 
 With no names, everything runs, in this order: package (for cold, restore + memory), refresh, login, cold,
-restore, memory, throughput, profile; after them, the memory-size model (bench/costs.py) from the figures
-that ran. Sections with details come first; the table is printed last.
+restore, memory, the memory-size model (bench/costs.py, from the figures that ran), throughput,
+profile. Sections with details come first; the table is printed last.
 """
 from __future__ import annotations
 
