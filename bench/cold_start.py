@@ -97,6 +97,12 @@ def _phase_line(mode: str, runs: list[dict]) -> str:
     return f"  {mode:<13} {total:6.0f} ms: " + ", ".join(f"{name} {values[name]:.0f}" for name in names)
 
 
+def _extra_top_levels(runs: list[dict], floor_runs: list[dict]) -> list[str]:
+    """Top-level modules in the first run of `runs` and in no run of `floor_runs` (private ones left out)."""
+    floor = set().union(*(set(r.get("top_levels") or []) for r in floor_runs))
+    return sorted(name for name in set(runs[0].get("top_levels") or []) - floor if not name.startswith("_"))
+
+
 def run(world, reps: int = REPS) -> tuple[list[Row], list[str], dict]:
     env, cwd, how = _env_and_cwd(world)
     config = world.config()
@@ -146,7 +152,8 @@ def run(world, reps: int = REPS) -> tuple[list[Row], list[str], dict]:
         f"modules loaded: refresh {median([r['modules'] for r in results['refresh']]):.0f}, "
         f"floor-refresh {median([r['modules'] for r in results['floor-refresh']]):.0f}, "
         f"login {median([r['modules'] for r in results['login']]):.0f}, "
-        f"floor-login {median([r['modules'] for r in results['floor-login']]):.0f}",
+        f"floor-login {median([r['modules'] for r in results['floor-login']]):.0f}; top-level packages the refresh "
+        f"loads and its floor does not: {', '.join(_extra_top_levels(results['refresh'], results['floor-refresh']))}",
     ]
     cpu = {mode: [r.get("cpu_ms", float("nan")) for r in results[mode]] for mode in MODES}
     return rows, notes, {"cpu_ms": cpu, "rss": rss, "steps": scan.get("steps"), "files": scan.get("files"), "ms": ms,

@@ -222,9 +222,10 @@ def _start(world, which: str, env: dict, cwd: str) -> tuple[subprocess.Popen, di
     with open(path, "w") as handle:
         json.dump(world.config(), handle)
     stderr_path = os.path.join(world.tmp, f"restore-{which}.stderr")
-    process = subprocess.Popen([sys.executable, "-m", "bench.restore", "--snapshot", which, path], cwd=cwd, env=env,
-                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=open(stderr_path, "w"),
-                               text=True, bufsize=1, preexec_fn=die_with_parent)
+    with open(stderr_path, "w") as stderr:  # the child keeps its own descriptor
+        process = subprocess.Popen([sys.executable, "-m", "bench.restore", "--snapshot", which, path], cwd=cwd,
+                                   env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr,
+                                   text=True, bufsize=1, preexec_fn=die_with_parent)
     line = process.stdout.readline()
     if not line:
         process.wait(timeout=10)
