@@ -58,7 +58,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 STAGE = "api"  # the API Gateway stage chalice deploys to
 FUNCTION_NAME = "dashboard-auth-prod"
-MEMORY_MB = 256
+MEMORY_MB = 1769  # the configured lambda_memory_size (.chalice/config.json)
 TIMEOUT_MS = 25_000  # the function's configured timeout (.chalice/config.json: 25 s, under API Gateway's 29 s)
 MAX_COMMANDS = 1_000_000
 BARRIER_TIMEOUT = 120.0
