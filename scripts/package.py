@@ -18,8 +18,10 @@ invalid registry are refused even then.
 The template is `chalice package --stage STAGE --merge-template` of .chalice/merge-STAGE.json plus
 what depends on the stage's settings: API Gateway's own answers (DEFAULT_4XX, DEFAULT_5XX: throttled,
 WAF-blocked, unknown route, gateway timeout) carry CORS headers that follow CORS_ALLOWED_ORIGINS.
+The origins are a template parameter, CorsAllowedOrigins, whose default is the stage's
+CORS_ALLOWED_ORIGINS: the function reads it, and so do the gateway responses, through conditions.
 API Gateway cannot echo a request's Origin only when it is on a list, so:
-- one allowed origin: Access-Control-Allow-Origin is that origin, set statically;
+- one allowed origin: Access-Control-Allow-Origin is that origin;
 - several, or none (a same-origin deployment): no Access-Control-Allow-Origin at all. A frontend on
   another origin then sees API Gateway's own errors (a 429 among them) as a failed request without a
   status, never one origin's answer labelled for another; echoing any Origin would let every site
@@ -165,12 +167,44 @@ def check(app_dir: Path, stage: str, allow_placeholders: bool = False) -> tuple[
     return loaded.cors_allowed_origins, warnings
 
 
-def gateway_responses(origins: tuple[str, ...]) -> dict:
-    """RestAPI's GatewayResponses (SAM) for the allowed origins: see the module's docstring."""
-    headers = {"Vary": "'Origin'"} if origins else {}
-    if len(origins) == 1:
-        headers.update({"Access-Control-Allow-Origin": f"'{origins[0]}'",
-                        "Access-Control-Expose-Headers": "'Retry-After'"})
+ORIGINS_PARAMETER = "CorsAllowedOrigins"
+_ORIGIN = r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?"
+
+
+def origins_parameter(origins: tuple[str, ...]) -> dict:
+    return {
+        "Type": "String",
+        "Default": ",".join(origins),
+        "Description": "Comma-separated exact origins of the Dashboard frontends allowed to call from a browser "
+                       "(CORS_ALLOWED_ORIGINS; default: the stage's in .chalice/config.json). Empty: same origin only. "
+                       "With exactly one, API Gateway's own errors (429, 403, 504) are readable by that frontend too.",
+        "AllowedPattern": f"^$|^{_ORIGIN}(,{_ORIGIN})*$",
+        "ConstraintDescription": "empty, or exact origins such as https://dashboard.corp.io, comma-separated, no spaces",
+    }
+
+
+def origins_conditions() -> dict:
+    origins = {"Ref": ORIGINS_PARAMETER}
+    return {
+        "HasCorsOrigins": {"Fn::Not": [{"Fn::Equals": [origins, ""]}]},
+        # one origin: the list has no comma, so removing the commas changes nothing
+        "SingleCorsOrigin": {"Fn::And": [
+            {"Condition": "HasCorsOrigins"},
+            {"Fn::Equals": [{"Fn::Join": ["", {"Fn::Split": [",", origins]}]}, origins]},
+        ]},
+    }
+
+
+def gateway_responses() -> dict:
+    """RestAPI's GatewayResponses (SAM), following the origins parameter: see the module's docstring."""
+    def only_if(condition: str, value) -> dict:
+        return {"Fn::If": [condition, value, {"Ref": "AWS::NoValue"}]}
+
+    headers = {
+        "Vary": only_if("HasCorsOrigins", "'Origin'"),
+        "Access-Control-Allow-Origin": only_if("SingleCorsOrigin", {"Fn::Sub": "'${%s}'" % ORIGINS_PARAMETER}),
+        "Access-Control-Expose-Headers": only_if("SingleCorsOrigin", "'Retry-After'"),
+    }
     # API Gateway's own body ({"message": "Too Many Requests"}, ...) stated outright: SAM writes an empty
     # responseTemplates map when none is given
     body = {"application/json": '{"message":$context.error.messageString}'}
@@ -180,8 +214,13 @@ def gateway_responses(origins: tuple[str, ...]) -> dict:
 
 def merge_template(app_dir: Path, stage: str, origins: tuple[str, ...]) -> dict:
     template = json.loads((app_dir / ".chalice" / f"merge-{stage}.json").read_text())
-    api = template.setdefault("Resources", {}).setdefault("RestAPI", {}).setdefault("Properties", {})
-    api["GatewayResponses"] = gateway_responses(origins)
+    template.setdefault("Parameters", {})[ORIGINS_PARAMETER] = origins_parameter(origins)
+    template.setdefault("Conditions", {}).update(origins_conditions())
+    resources = template.setdefault("Resources", {})
+    api = resources.setdefault("RestAPI", {}).setdefault("Properties", {})
+    api["GatewayResponses"] = gateway_responses()
+    function = resources.setdefault(API_FUNCTION, {}).setdefault("Properties", {})
+    function.setdefault("Environment", {}).setdefault("Variables", {})["CORS_ALLOWED_ORIGINS"] = {"Ref": ORIGINS_PARAMETER}
     return template
 
 

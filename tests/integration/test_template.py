@@ -612,43 +612,96 @@ def test_stage_throttling_with_a_tighter_limit_on_each_login_route(packaged):
 
 # ---------------------------------------------------------------------------------------- API Gateway's own answers
 def stage_origins(packaged: Packaged, contract: Contract) -> list[str]:
-    env = packaged.resources[contract.api_function]["Properties"]["Environment"]["Variables"]
-    return [o.strip() for o in env.get("CORS_ALLOWED_ORIGINS", "").split(",") if o.strip()]
+    """The origins a stack gets unless told otherwise: the default of its CorsAllowedOrigins parameter."""
+    default = packaged.template["Parameters"]["CorsAllowedOrigins"]["Default"]
+    return [o for o in default.split(",") if o]
+
+
+NO_VALUE = object()
+
+
+def evaluate(node, parameters: dict, conditions: dict):
+    """The few intrinsic functions these headers use, resolved as CloudFormation would for `parameters`."""
+    def go(value):
+        return evaluate(value, parameters, conditions)
+
+    if not isinstance(node, dict):
+        return [go(v) for v in node] if isinstance(node, list) else node
+    (function, argument), = node.items()
+    if function == "Ref":
+        return NO_VALUE if argument == "AWS::NoValue" else parameters[argument]
+    if function == "Condition":
+        return go(conditions[argument])
+    if function == "Fn::If":
+        condition, then, otherwise = argument
+        return go(then) if go(conditions[condition]) else go(otherwise)
+    if function == "Fn::Sub":
+        return re.sub(r"\$\{(\w+)\}", lambda m: parameters[m[1]], argument)
+    if function == "Fn::Join":
+        return argument[0].join(go(argument[1]))
+    if function == "Fn::Split":
+        return go(argument[1]).split(argument[0])
+    if function == "Fn::Equals":
+        return go(argument[0]) == go(argument[1])
+    if function == "Fn::Not":
+        return not go(argument[0])
+    if function == "Fn::And":
+        return all(go(part) for part in argument)
+    raise AssertionError(f"not expected here: {function}")
+
+
+def gateway_headers(packaged: Packaged, origins: str) -> dict[str, dict[str, str]]:
+    """Each gateway response's headers in a stack deployed with CorsAllowedOrigins=`origins`."""
+    parameters = {"CorsAllowedOrigins": origins}
+    responses = packaged.resources[RESTAPI]["Properties"]["GatewayResponses"]
+    resolved = {}
+    for kind, response in responses.items():
+        headers = {name: evaluate(value, parameters, packaged.template["Conditions"])
+                   for name, value in response["ResponseParameters"]["Headers"].items()}
+        resolved[kind] = {name: value for name, value in headers.items() if value is not NO_VALUE}
+    return resolved
+
+
+def test_the_origins_are_a_parameter_the_function_reads(packaged, contract):
+    parameter = packaged.template["Parameters"]["CorsAllowedOrigins"]
+    assert packaged.resources[contract.api_function]["Properties"]["Environment"]["Variables"][
+        "CORS_ALLOWED_ORIGINS"] == {"Ref": "CorsAllowedOrigins"}
+    config = json.loads((ROOT / ".chalice" / "config.json").read_text())["stages"][packaged.stage]
+    assert parameter["Default"] == config["environment_variables"]["CORS_ALLOWED_ORIGINS"]
+    pattern = re.compile(parameter["AllowedPattern"])
+    for good in ("", "https://a.corp.io", "https://a.corp.io,http://localhost:8080"):
+        assert pattern.fullmatch(good), good
+    for bad in ("*", "https://a.corp.io/", "https://a.corp.io, https://b.corp.io", "ftp://a.corp.io"):
+        assert not pattern.fullmatch(bad), bad
 
 
 def test_gateway_responses_carry_cors_headers_that_follow_the_stages_origins(packaged, contract):
     """A 429 (throttled), a WAF block or a 504 comes from API Gateway, not the function: with one allowed
     origin it names that origin, as the function would; with several it can name none of them (API Gateway
     cannot echo an Origin only when it is on a list), and never "*" nor the caller's Origin."""
-    origins = stage_origins(packaged, contract)
     responses = packaged.resources[RESTAPI]["Properties"]["GatewayResponses"]
     assert set(responses) == {"DEFAULT_4XX", "DEFAULT_5XX"}
     for kind, response in responses.items():
-        headers = response["ResponseParameters"]["Headers"]
+        # the body API Gateway writes by default, kept: a frontend reads {"message": "Too Many Requests"}
+        assert response["ResponseTemplates"] == {"application/json": '{"message":$context.error.messageString}'}
+    origins = ",".join(stage_origins(packaged, contract))
+    for kind, headers in gateway_headers(packaged, origins).items():
         for value in headers.values():
             assert value.startswith("'") and value.endswith("'"), f"{kind}: {value} must be a static value"
             assert "*" not in value and "method.request" not in value, f"{kind}: {value}"
-        if len(origins) == 1:
-            assert headers["Access-Control-Allow-Origin"] == f"'{origins[0]}'", kind
-            assert headers["Access-Control-Expose-Headers"] == "'Retry-After'", kind
-        else:
-            assert "Access-Control-Allow-Origin" not in headers, kind
-        assert ("Vary" in headers) == bool(origins), kind
-        # the body API Gateway writes by default, kept: a frontend reads {"message": "Too Many Requests"}
-        assert response["ResponseTemplates"] == {"application/json": '{"message":$context.error.messageString}'}
     # the repository's stages show both cases
-    assert len(origins) == {"dev": 2, "prod": 1}[packaged.stage]
+    assert len(stage_origins(packaged, contract)) == {"dev": 2, "prod": 1}[packaged.stage]
 
 
-@pytest.mark.parametrize("origins, allow_origin", [
-    ((), None), (("https://a.corp.io",), "'https://a.corp.io'"), (("https://a.corp.io", "https://b.corp.io"), None)])
-def test_gateway_response_headers_for_none_one_and_several_origins(origins, allow_origin):
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("package_script", ROOT / "scripts" / "package.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    for response in script.gateway_responses(origins).values():
-        assert response["ResponseParameters"]["Headers"].get("Access-Control-Allow-Origin") == allow_origin
+@pytest.mark.parametrize("origins, expected", [
+    ("", {}),
+    ("https://a.corp.io", {"Vary": "'Origin'", "Access-Control-Allow-Origin": "'https://a.corp.io'",
+                           "Access-Control-Expose-Headers": "'Retry-After'"}),
+    ("https://a.corp.io,https://b.corp.io", {"Vary": "'Origin'"}),
+])
+def test_gateway_response_headers_for_none_one_and_several_origins(packaged, origins, expected):
+    for kind, headers in gateway_headers(packaged, origins).items():
+        assert headers == expected, kind
 
 
 # ---------------------------------------------------------------------------------------- timeout and endpoint
