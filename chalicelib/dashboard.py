@@ -1,6 +1,6 @@
 """The Dashboard v2 wire contract: request bodies in, response bodies and error shapes out.
 
-The Dashboard frontend reads these exact shapes (see DESIGN.md, "Errors"); nothing here
+The Dashboard frontend reads these exact shapes (see docs/design.md, "Errors"); nothing here
 decides policy, it only speaks the Dashboard's language.
 """
 from __future__ import annotations

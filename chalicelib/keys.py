@@ -1,6 +1,6 @@
 """The service's RSA key: where it is kept, how it is created once, and how long a copy is trusted.
 
-Secrets Manager holds the key in the Dashboard's own format (see DESIGN.md), so one key can
+Secrets Manager holds the key in the Dashboard's own format (see docs/design.md), so one key can
 serve this service and an in-cluster Dashboard v2. Every version of the secret is a key; its
 VersionId is the `kid` stamped on the tokens it seals. AWSCURRENT, AWSPREVIOUS and AWSPENDING
 open; AWSCURRENT seals once every container can be relied on to know it (KeyCache says when),
@@ -101,7 +101,7 @@ class KeyStore(Protocol):
 
 
 def new_secret_value() -> str:
-    """A fresh key in the secret format of DESIGN.md."""
+    """A fresh key in the secret format of docs/design.md."""
     private_key = rsa.generate_private_key(public_exponent=65537, key_size=KEY_BITS)
     priv = private_key.private_bytes(
         serialization.Encoding.PEM,

@@ -100,7 +100,7 @@ class World:
 
 @pytest.fixture(scope="session")
 def adversary_world(moto_server, cluster_a, cluster_b, tmp_path_factory) -> World:
-    """One key secret in moto (the format of DESIGN.md), read back and parsed as the service parses it."""
+    """One key secret in moto (the format of docs/design.md), read back and parsed as the service parses it."""
     import boto3
 
     client = boto3.client(

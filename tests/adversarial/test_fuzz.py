@@ -3,7 +3,7 @@
 
 The invariant checked on every answer:
   a 2xx only for an untouched valid session token (or an untouched valid login body; JSON-level
-  rewrites that change nothing after parsing may pass too); otherwise an answer of DESIGN.md's
+  rewrites that change nothing after parsing may pass too); otherwise an answer of docs/design.md's
   error table (401 with one of its three sentences, 400 text/plain sentence, 404, 413, 415,
   503 with Retry-After, or the 200 login-unauthorized ErrStatus body for logins);
   never a 500, never a traceback, never the ServiceAccount token in a body.
@@ -194,7 +194,7 @@ def check(response, world: World, *, route: str, may_succeed: bool = False, sent
         assert int(header(response, "Retry-After")) > 0, response.headers
         assert content_type.startswith("text/plain"), response.headers
     else:
-        pytest.fail(f"an answer DESIGN.md does not have: {status} {body[:300]!r}")
+        pytest.fail(f"an answer docs/design.md does not have: {status} {body[:300]!r}")
     return "error"
 
 

@@ -1,6 +1,6 @@
 """Hostile requests on every route, with and without the /clusters/{cluster}/ prefix.
 
-What DESIGN.md and README promise, checked with the worst inputs we could think of:
+What docs/design.md and README promise, checked with the worst inputs we could think of:
 - a POST that is not application/json: 415 (Chalice's own answer); malformed JSON, non-objects,
   wrong field types: 400 text/plain with a sentence; never a 500, never a stack trace;
 - a body over 64 KiB: 413 before anything else happens (no JSON parse, no key fetch, no TokenReview);

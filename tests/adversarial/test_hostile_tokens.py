@@ -1,6 +1,6 @@
 """Hostile session tokens, through the service: POST /api/v1/token/refresh with a valid CSRF token.
 
-Every hostile token gets the one answer of DESIGN.md ("not a token of ours"): 401 text/plain
+Every hostile token gets the one answer of docs/design.md ("not a token of ours"): 401 text/plain
 "MSG_LOGIN_UNAUTHORIZED_ERROR\\n", byte for byte the same status, body and headers as any other
 refusal, never a 500, no TokenReview, no outbound fetch. Wherever it matters a token is built with
 the service's real key (read back from moto), correctly encrypted, so that only the property under

@@ -328,7 +328,7 @@ def hostile_kubeconfig(draw, sa_token: str) -> tuple[str, object]:
         slots[slot] = "&a " + slots[slot]
     elif attack == "random":
         text = draw(st.text(st.sampled_from(list("[]{}:,-?&*!|>'\"%@`#\n x1")), max_size=300), label="random text")
-        return text, None  # any DESIGN.md answer
+        return text, None  # any docs/design.md answer
     return top + kubeconfig_text(slots) + bottom, expected
 
 
@@ -374,7 +374,7 @@ def test_hostile_kubeconfigs_get_a_design_answer_at_a_cost_bounded_by_their_size
             assert sa_token in text, "logged in with a kubeconfig that does not carry the token"
             assert document["name"] == "admin-user" and document["errors"] == [] and document["jweToken"], document
     else:
-        pytest.fail(f"an answer DESIGN.md does not have for a login body: {response.status_code} {response.body[:300]!r}")
+        pytest.fail(f"an answer docs/design.md does not have for a login body: {response.status_code} {response.body[:300]!r}")
     event(f"answer: {answer if isinstance(answer, str) else answer.decode()[:40]}")
     if expected is not None:
         assert answer in (expected if isinstance(expected, set) else {expected}), (answer, expected)
