@@ -23,7 +23,7 @@ from demo.kube_apiserver import FakeKubeApiServer
 pytest_plugins = ["tests.leak_guard"]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# The Dashboard v2 frontend's "this token is not valid" answer to a login, exactly (DESIGN.md, Errors).
+# The Dashboard v2 frontend's "this token is not valid" answer to a login, exactly (docs/design.md, Errors).
 UNAUTHORIZED_LOGIN = {
     "jweToken": "",
     "errors": [
@@ -264,7 +264,7 @@ def body_json(response) -> dict:
 
 
 def assert_unavailable(response) -> None:
-    """DESIGN.md's 503: text/plain with Retry-After, and no token of any kind in the body."""
+    """docs/design.md's 503: text/plain with Retry-After, and no token of any kind in the body."""
     assert response.status_code == 503, (response.status_code, response.body)
     assert int(response.headers["Retry-After"]) > 0
     assert response.headers["Content-Type"].startswith("text/plain")

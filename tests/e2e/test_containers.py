@@ -6,7 +6,7 @@ Gateway proxy events. Secrets Manager is the shared moto server process; the clu
 TLS fake API servers. 16 containers are released at the same instant against a secret that
 does not exist, or holds no usable value, and each one's first invocation is a login.
 
-What must hold (README, "The key"; DESIGN.md, "Key in Secrets Manager"):
+What must hold (README, "The key"; docs/design.md, "Key in Secrets Manager"):
 - exactly one key version is written, and it is AWSCURRENT;
 - every container seals with it (one kid, the VersionId) and its CSRF tokens come from it;
 - any session minted by any container refreshes in every other container, and stays the

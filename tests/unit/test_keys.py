@@ -85,7 +85,7 @@ def key_b(other_value) -> keys.SessionKey:
     return keys.parse_secret_value("v2", other_value)
 
 
-# ------------------------------------------------------------------ new_secret_value: the format of DESIGN.md
+# ------------------------------------------------------------------ new_secret_value: the format of docs/design.md
 
 def test_secret_value_has_priv_pub_and_csrf(value):
     fields = json.loads(value)
@@ -265,7 +265,7 @@ def test_file_store_creates_a_private_key_file_once(tmp_path):
     assert path.exists()
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     content = path.read_bytes()
-    keys.parse_secret_value("x", content.decode())  # the file holds the DESIGN.md format
+    keys.parse_secret_value("x", content.decode())  # the file holds the docs/design.md format
     assert seals_and_opens(first.current)
     assert first.previous is None
 

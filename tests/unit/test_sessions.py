@@ -127,7 +127,7 @@ def hand_sealed(rsa_key, protected=GOOD_HEADER, aad=None, plaintext=None, sa="a.
     return full_serialize(seal(rsa_key.public_key(), protected, aad, plaintext))
 
 
-# ------------------------------------------------------------------ minting: the format of DESIGN.md
+# ------------------------------------------------------------------ minting: the format of docs/design.md
 
 def test_round_trip_returns_the_sealed_token_and_claims(sa_token, public, private):
     original = claims()

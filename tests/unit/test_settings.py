@@ -1,4 +1,4 @@
-"""Settings (chalicelib.settings): DESIGN.md defaults, and a clear error naming each bad variable."""
+"""Settings (chalicelib.settings): docs/design.md defaults, and a clear error naming each bad variable."""
 from __future__ import annotations
 
 import os
