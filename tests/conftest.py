@@ -7,7 +7,10 @@
 """
 from __future__ import annotations
 
+import base64
+import io
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -269,6 +272,38 @@ def assert_unavailable(response) -> None:
     assert int(response.headers["Retry-After"]) > 0
     assert response.headers["Content-Type"].startswith("text/plain")
     assert b"jweToken" not in response.body and b"eyJ" not in response.body
+
+
+def with_kid(jwe_token: str, kid: str) -> str:
+    """The same session token with another kid in its protected header (which breaks its GCM tag too)."""
+    document = json.loads(jwe_token)
+    protected = document["protected"]
+    header = json.loads(base64.urlsafe_b64decode(protected + "=" * (-len(protected) % 4)))
+    header["kid"] = kid
+    document["protected"] = base64.urlsafe_b64encode(json.dumps(header).encode()).rstrip(b"=").decode()
+    return json.dumps(document)
+
+
+@pytest.fixture
+def debug_log():
+    """Every record at DEBUG, library loggers included, through the production filter (logs.configure);
+    yields the text written, and puts the levels back afterwards."""
+    from chalicelib import logs
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    names = ("", "botocore", "boto3", "urllib3", "kubernetes", "chalicelib")
+    levels = {name: logging.getLogger(name).level for name in names}
+    logs.configure("DEBUG")
+    for name in names:
+        logging.getLogger(name).setLevel(logging.DEBUG)
+    yield stream
+    root.removeHandler(handler)
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
 
 
 def login_ok(frontend, token) -> str:

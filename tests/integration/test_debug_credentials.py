@@ -11,13 +11,11 @@ it after asking STS.
 from __future__ import annotations
 
 import base64
-import io
-import logging
 import urllib.parse
 
 import pytest
 
-from chalicelib import clusters, logs
+from chalicelib import clusters
 from tests.conftest import DashboardFrontend, body_json, write_registry
 
 pytestmark = pytest.mark.usefixtures("healthy")
@@ -29,20 +27,6 @@ FAKE_AWS = {
 }
 
 
-@pytest.fixture
-def debug_log():
-    """Every logger at DEBUG, through the production filter attached by logs.configure."""
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
-    root = logging.getLogger()
-    root.addHandler(handler)
-    logs.configure("DEBUG")
-    for name in ("kubernetes", "urllib3", "botocore", "boto3", "chalicelib"):
-        logging.getLogger(name).setLevel(logging.DEBUG)
-    yield stream
-    root.removeHandler(handler)
-    root.setLevel(logging.WARNING)
 
 
 @pytest.fixture

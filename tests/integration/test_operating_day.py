@@ -14,7 +14,6 @@ Counts are compared; nothing is timed.
 """
 from __future__ import annotations
 
-import base64
 import importlib.util
 import io
 import itertools
@@ -33,7 +32,7 @@ import pytest
 
 from chalicelib import keys, logs, rotation, service, sessions
 from demo.kube_apiserver import DEFAULT_ISSUER, generate_rsa_key, key_id, sign_jwt
-from tests.conftest import ROOT, UNAUTHORIZED_LOGIN, write_registry
+from tests.conftest import ROOT, UNAUTHORIZED_LOGIN, with_kid, write_registry
 from tests.fakes.lambda_container import FUNCTION_NAME, LambdaContext, api_gateway_event
 from tests.leak_guard import secrets_in
 
@@ -137,12 +136,6 @@ class LambdaContainer:
                            **kwargs)
 
 
-def with_kid(session: str, kid: str) -> str:
-    document = json.loads(session)
-    header = json.loads(base64.urlsafe_b64decode(document["protected"] + "=="))
-    header["kid"] = kid
-    document["protected"] = base64.urlsafe_b64encode(json.dumps(header).encode()).rstrip(b"=").decode()
-    return json.dumps(document)
 
 
 def sealed_by_us(admin, secret_id: str, sa_token: str, cluster: str, **times: timedelta) -> str:

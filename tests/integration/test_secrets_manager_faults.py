@@ -10,7 +10,6 @@ neither counted nor failed.
 """
 from __future__ import annotations
 
-import base64
 import json
 import socket
 import time
@@ -20,7 +19,7 @@ import boto3
 import pytest
 
 from chalicelib import clusters, keys, service, sessions
-from tests.conftest import DashboardFrontend, assert_unavailable, body_json, login_ok, write_registry
+from tests.conftest import DashboardFrontend, assert_unavailable, body_json, login_ok, with_kid, write_registry
 from tests.fakes.faulty_proxy import FaultyProxy
 
 pytestmark = pytest.mark.usefixtures("healthy")
@@ -115,13 +114,6 @@ def script_login(frontend, token):
     return frontend.post("/api/v1/login", {"token": token}, None)
 
 
-def with_kid(session: str, kid: str) -> str:
-    """The same token with another kid in its protected header (which breaks its GCM tag too)."""
-    document = json.loads(session)
-    header = json.loads(base64.urlsafe_b64decode(document["protected"] + "=="))
-    header["kid"] = kid
-    document["protected"] = base64.urlsafe_b64encode(json.dumps(header).encode()).rstrip(b"=").decode()
-    return json.dumps(document)
 
 
 def current_fetches(proxy) -> int:

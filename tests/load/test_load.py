@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from chalicelib import keys, rotation
-from tests.conftest import write_registry
+from tests.conftest import with_kid, write_registry
 from tests.fakes.lambda_container import Container, ContainerError, close_all
 from tests.load.conftest import REPORTS
 
@@ -79,14 +79,6 @@ def kid_of(jwe_token: str) -> str | None:
     return json.loads(base64.urlsafe_b64decode(protected + "=" * (-len(protected) % 4))).get("kid")
 
 
-def with_kid(jwe_token: str, kid: str) -> str:
-    """The same token with another kid in its protected header (which breaks its GCM tag too)."""
-    document = json.loads(jwe_token)
-    protected = document["protected"]
-    header = json.loads(base64.urlsafe_b64decode(protected + "=" * (-len(protected) % 4)))
-    header["kid"] = kid
-    document["protected"] = base64.urlsafe_b64encode(json.dumps(header).encode()).rstrip(b"=").decode()
-    return json.dumps(document)
 
 
 def percentile(values: list[float], pct: float) -> float:

@@ -113,22 +113,6 @@ FAKE_AWS = {
 EKS_PREFIX = "k8s-aws-v1."
 
 
-@pytest.fixture
-def debug_log():
-    """Every record at DEBUG, botocore's included, through the production filter (logs.configure)."""
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
-    root = logging.getLogger()
-    root.addHandler(handler)
-    levels = {name: logging.getLogger(name).level for name in ("", "botocore", "boto3", "urllib3")}
-    logs.configure("DEBUG")
-    for name in levels:
-        logging.getLogger(name).setLevel(logging.DEBUG)
-    yield stream
-    root.removeHandler(handler)
-    for name, level in levels.items():
-        logging.getLogger(name).setLevel(level)
 
 
 def sts_client():
