@@ -8,16 +8,19 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
 import uuid
 from dataclasses import dataclass
+from typing import Iterator
 
 import pytest
 
@@ -52,6 +55,30 @@ SERVICE_ENV = (
     "TOKEN_TTL", "MAX_SESSION_TTL", "REVIEW_INTERVAL", "KEY_SECRET_ID", "KEY_FILE", "KEY_CACHE_TTL",
     "CLUSTERS_FILE", "CORS_ALLOWED_ORIGINS", "CSRF_ENFORCE", "LOG_LEVEL", "CLUSTER_TIMEOUT", "KUBECONFIG",
 )
+
+
+@contextlib.contextmanager
+def run_chalice_local(**settings: str) -> Iterator[str]:
+    """`chalice local --stage local` in its own process group, with the test AWS environment and the
+    service `settings` on top; yields its URL. Whatever it logged must carry no token or key."""
+    port = free_port()
+    chalice = os.path.join(os.path.dirname(sys.executable), "chalice")
+    process = subprocess.Popen(
+        [chalice, "--project-dir", ROOT, "local", "--no-autoreload", "--stage", "local", "--host", "127.0.0.1",
+         "--port", str(port)],
+        env={**os.environ, **AWS_TEST_ENV, **settings},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,  # its own process group, so nothing it starts outlives the test
+    )
+    try:
+        wait_for_port(port, timeout=60)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        _, errors = process.communicate(timeout=20)
+        for token_marker in (b"eyJ", b"BEGIN RSA"):
+            assert token_marker not in errors, "a token or key reached the service's log"
 
 
 def free_port() -> int:

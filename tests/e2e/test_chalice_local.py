@@ -2,16 +2,12 @@
 with Secrets Manager on a moto server and a cluster behind TLS."""
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 
 import pytest
 import requests
 
 from chalicelib import sessions
-from tests.conftest import AWS_TEST_ENV, ROOT, free_port, wait_for_port, write_registry
+from tests.conftest import run_chalice_local, write_registry
 
 DASHBOARD_ORIGIN = "http://localhost:8080"
 
@@ -23,31 +19,13 @@ def service_url(moto_server, cluster_a, cluster_b, tmp_path_factory):
         [cluster_a.registry_entry(), cluster_b.registry_entry()],
         default=cluster_a.name,
     )
-    port = free_port()
-    env = {
-        **os.environ,
-        **AWS_TEST_ENV,
-        "AWS_ENDPOINT_URL_SECRETS_MANAGER": moto_server.url,
-        "KEY_SECRET_ID": "dashboard-auth/e2e/session-key",
-        "CLUSTERS_FILE": registry,
-        "CORS_ALLOWED_ORIGINS": DASHBOARD_ORIGIN,
-    }
-    chalice = os.path.join(os.path.dirname(sys.executable), "chalice")
-    process = subprocess.Popen(
-        [chalice, "--project-dir", ROOT, "local", "--no-autoreload", "--stage", "local", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,  # its own process group, so nothing it starts outlives the test
-    )
-    try:
-        wait_for_port(port, timeout=60)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        _, errors = process.communicate(timeout=20)
-        for token_marker in (b"eyJ", b"BEGIN RSA"):
-            assert token_marker not in errors, "a token or key reached the service's log"
+    with run_chalice_local(
+        AWS_ENDPOINT_URL_SECRETS_MANAGER=moto_server.url,
+        KEY_SECRET_ID="dashboard-auth/e2e/session-key",
+        CLUSTERS_FILE=registry,
+        CORS_ALLOWED_ORIGINS=DASHBOARD_ORIGIN,
+    ) as url:
+        yield url
 
 
 def test_the_dashboard_frontends_login_sequence(service_url, cluster_a):

@@ -18,14 +18,13 @@ import io
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 
 import pytest
 
 from dashboard_auth_cli import cli
-from tests.conftest import AWS_TEST_ENV, ROOT, free_port, wait_for_port, write_registry
+from tests.conftest import run_chalice_local, write_registry
 from tests.fakes.api_gateway import ApiGatewayFront
 from tests.fakes.lambda_container import Container
 
@@ -49,27 +48,13 @@ def registry(cluster_a, cluster_b, tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def chalice_local(moto_server, registry):
-    port = free_port()
-    env = {
-        **os.environ,
-        **AWS_TEST_ENV,
-        "AWS_ENDPOINT_URL_SECRETS_MANAGER": moto_server.url,
-        "KEY_SECRET_ID": "dashboard-auth/smoke/session-key",
-        "CLUSTERS_FILE": registry,
-        "CORS_ALLOWED_ORIGINS": DASHBOARD_ORIGIN,
-    }
-    chalice = os.path.join(os.path.dirname(sys.executable), "chalice")
-    process = subprocess.Popen(
-        [chalice, "--project-dir", ROOT, "local", "--no-autoreload", "--stage", "local", "--host", "127.0.0.1",
-         "--port", str(port)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
-    try:
-        wait_for_port(port, timeout=60)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=20)
+    with run_chalice_local(
+        AWS_ENDPOINT_URL_SECRETS_MANAGER=moto_server.url,
+        KEY_SECRET_ID="dashboard-auth/smoke/session-key",
+        CLUSTERS_FILE=registry,
+        CORS_ALLOWED_ORIGINS=DASHBOARD_ORIGIN,
+    ) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
