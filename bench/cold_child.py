@@ -129,7 +129,7 @@ def _instrument(phases: dict, config: dict) -> None:
 
     import urllib3.connectionpool
 
-    from chalicelib import clusters, keys, service, sessions
+    from chalicelib import aws_clients, clusters, keys, sessions
 
     def timed(owner, attribute: str, phase: str) -> None:
         original = getattr(owner, attribute)
@@ -157,7 +157,7 @@ def _instrument(phases: dict, config: dict) -> None:
             phases["n: " + name] = phases.get("n: " + name, 0) + 1
 
     urllib3.connectionpool.HTTPConnectionPool.urlopen = urlopen
-    timed(service, "new_secrets_manager", "Secrets Manager client (boto3 import incl.)")
+    timed(aws_clients, "new_secrets_manager", "Secrets Manager client (boto3 import incl.)")
     timed(keys, "parse_secret_value", "key parse (PEM loads, pair check)")
     timed(keys.SecretsManagerKeyStore, "fetch", "_key set fetch (total)")
     timed(sessions, "decrypt", "sessions.decrypt (1st)")

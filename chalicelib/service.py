@@ -22,6 +22,7 @@ from .clusters import (
 from .issuers import Issuers
 from .keys import FileKeyStore, KeyCache, KeyNotConfigured, KeyStoreUnavailable, SecretsManagerKeyStore
 from .settings import Settings, resolve_path
+from .aws_clients import new_secrets_manager, secrets_manager  # noqa: F401  (the CLI and tests use them from here)
 
 logger = logging.getLogger(__name__)
 
@@ -266,22 +267,6 @@ class Service:
 
 
 # ---------------------------------------------------------------- composition, once per container
-
-@functools.lru_cache(maxsize=1)
-def secrets_manager():
-    """The container's Secrets Manager client, built on first use."""
-    return new_secrets_manager()
-
-
-def new_secrets_manager():
-    """A Secrets Manager client with the service's timeouts and retries (honours AWS_ENDPOINT_URL_SECRETS_MANAGER)."""
-    import boto3
-    from botocore.config import Config
-
-    # Worst case 3 attempts x (2 + 3) s plus backoff: an outage answers 503 inside API Gateway's 29 s.
-    config = Config(retries={"mode": "standard", "total_max_attempts": 3}, connect_timeout=2, read_timeout=3)
-    return boto3.client("secretsmanager", config=config)
-
 
 def key_store(settings: Settings):
     if settings.key_secret_id:
