@@ -132,7 +132,8 @@ def strict_json(text: str | bytes) -> object:
         raise InvalidToken() from None
 
 
-def _b64decode(text: object) -> bytes:
+def b64decode(text: object) -> bytes:
+    """base64url without padding, strictly (one spelling per value), or InvalidToken."""
     if not isinstance(text, str):
         raise InvalidToken()
     try:
@@ -149,7 +150,7 @@ def _b64decode(text: object) -> bytes:
 
 def strict_json_member(member: object) -> object:
     """One base64url member of a presented token (a JWS or JWE header, an AAD) as strict JSON."""
-    return strict_json(_b64decode(member))
+    return strict_json(b64decode(member))
 
 
 def _b64encode(data: bytes) -> str:
@@ -193,7 +194,7 @@ def _aad_from_claims(claims: Claims) -> bytes:
 @functools.lru_cache(maxsize=64)
 def _kid_from_header(protected: str) -> str | None:
     """The kid of a protected header that names our one algorithm pair (memoised: a few keys, a few headers)."""
-    header = strict_json(_b64decode(protected))
+    header = strict_json(b64decode(protected))
     if (
         not isinstance(header, dict)
         or not set(header) <= _HEADER_MEMBERS
@@ -217,17 +218,17 @@ def parse(text: object) -> Envelope:
     if not all(isinstance(value, str) for value in document.values()):
         raise InvalidToken()
     kid = _kid_from_header(document["protected"])
-    iv, tag = _b64decode(document["iv"]), _b64decode(document["tag"])
-    encrypted_key = _b64decode(document["encrypted_key"])
+    iv, tag = b64decode(document["iv"]), b64decode(document["tag"])
+    encrypted_key = b64decode(document["encrypted_key"])
     if len(iv) != _IV_BYTES or len(tag) != _TAG_BYTES or len(encrypted_key) not in (256, 384, 512):
         raise InvalidToken()
     return Envelope(
         kid=kid,
-        claims=_claims_from_aad(_b64decode(document["aad"])),
+        claims=_claims_from_aad(b64decode(document["aad"])),
         authenticated_data=f"{document['protected']}.{document['aad']}".encode("ascii"),
         encrypted_key=encrypted_key,
         iv=iv,
-        ciphertext=_b64decode(document["ciphertext"]),
+        ciphertext=b64decode(document["ciphertext"]),
         tag=tag,
     )
 
@@ -330,7 +331,7 @@ def jwt_expiry(service_account_token: str) -> datetime | None:
     and only to shorten a session, never to lengthen one.
     """
     try:
-        payload = json.loads(_b64decode(service_account_token.split(".")[1]))
+        payload = json.loads(b64decode(service_account_token.split(".")[1]))
         exp = payload.get("exp") if isinstance(payload, dict) else None
         if isinstance(exp, (int, float)) and not isinstance(exp, bool):
             return datetime.fromtimestamp(exp, timezone.utc)
@@ -342,7 +343,7 @@ def jwt_expiry(service_account_token: str) -> datetime | None:
 def jwt_subject(service_account_token: str) -> str | None:
     """The `sub` a JWT declares, read without verification: for the log, about a token we sealed."""
     try:
-        payload = json.loads(_b64decode(service_account_token.split(".")[1]))
+        payload = json.loads(b64decode(service_account_token.split(".")[1]))
         subject = payload.get("sub") if isinstance(payload, dict) else None
         return subject if isinstance(subject, str) else None
     except (InvalidToken, ValueError, IndexError, RecursionError):
