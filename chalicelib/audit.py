@@ -10,15 +10,16 @@ it: every refused login is the same MSG_LOGIN_UNAUTHORIZED_ERROR.
 - Audit events are one INFO/WARNING line each with a stable `event` name and flat fields, never a
   token; see README ("Operating it") for the table.
 - Metrics follow docs/observability.md exactly: namespace DashboardAuth, dimension service on every
-  metric. A per-cluster metric is written twice: at once with its detailed dimensions
-  (single_metric, one EMF line), and added to the invocation's {service}-only blob, flushed once when
-  the invocation ends. Outside an API invocation (the operator CLI) nothing is emitted.
+  metric, a per-cluster metric counted in its detailed series and in its {service}-only total. They
+  are written in CloudWatch's embedded metric format (EMF) inside the access line itself: one line per
+  request is at once what an operator reads and what CloudWatch counts. A metric whose dimension
+  values cannot share that line (two cluster failures of different causes in one request) gets an
+  EMF line of its own. Outside an API invocation (the operator CLI) nothing is emitted.
 """
 from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Callable
@@ -56,6 +57,14 @@ REFRESH_REFUSALS = {
 }
 
 
+@dataclass(frozen=True)
+class _Metric:
+    name: str
+    unit: str
+    dimensions: tuple  # the detailed ones, (name, value) pairs, besides service
+    total: bool  # also counted in the {service}-only series
+
+
 @dataclass
 class _Invocation:
     route: str
@@ -64,7 +73,7 @@ class _Invocation:
     user_agent: str | None
     cluster: str | None = None
     outcome: str | None = None
-    totals: Counter = field(default_factory=Counter)
+    metrics: dict = field(default_factory=dict)  # _Metric -> a Count's sum, or the list of other values
 
 
 _current: ContextVar[_Invocation | None] = ContextVar("dashboard_auth_invocation", default=None)
@@ -98,8 +107,8 @@ class RequestLog:
             route=invocation.route,
             cold_start=cold,
         )
-        if cold:
-            _cold_start_metric(lambda_context)
+        if cold and getattr(lambda_context, "function_name", None):
+            _count("ColdStart", {"function_name": lambda_context.function_name}, total=False)
         started = self._clock()
         status = 500
         try:
@@ -107,16 +116,13 @@ class RequestLog:
             status = response.status_code
             return response
         finally:
-            latency_ms = round((self._clock() - started) * 1000, 1)
-            access_log.info(
-                "%s %s %s", invocation.route, status, invocation.outcome or _outcome_of(status),
-                extra=_fields(
-                    event="request", status=status, outcome=invocation.outcome or _outcome_of(status),
-                    latency_ms=latency_ms, cluster=invocation.cluster,
-                    source_ip=invocation.source_ip, user_agent=invocation.user_agent,
-                ),
+            outcome = invocation.outcome or _outcome_of(status)
+            fields = _fields(
+                event="request", status=status, outcome=outcome,
+                latency_ms=round((self._clock() - started) * 1000, 1), cluster=invocation.cluster,
+                source_ip=invocation.source_ip, user_agent=invocation.user_agent,
             )
-            _flush(invocation)
+            access_log.info("%s %s %s", invocation.route, status, outcome, extra=_with_metrics(fields, invocation))
             _current.reset(reset)
             logs.clear_context()
 
@@ -163,37 +169,59 @@ def _short(value: object, limit: int) -> str | None:
 # ---------------------------------------------------------------- metrics
 
 def _count(name: str, detailed: dict | None = None, value: float = 1, unit: str = "Count", total: bool = True) -> None:
-    if _current.get() is None:
+    """Count a metric for the current invocation: in its detailed series (if any) and its total series."""
+    invocation = _current.get()
+    if invocation is None:
         return  # the operator CLI, a script: metrics belong to the API function's invocations
-    if detailed is not None:
-        from aws_lambda_powertools.metrics import single_metric
-
-        with single_metric(
-            name=name, unit=unit, value=value, namespace=NAMESPACE,
-            default_dimensions={"service": SERVICE, **detailed},
-        ):
-            pass
-    if total:
-        _current.get().totals[name] += value
+    metric = _Metric(name, unit, tuple(detailed.items()) if detailed else (), total)
+    if unit == "Count":
+        invocation.metrics[metric] = invocation.metrics.get(metric, 0) + value
+    else:
+        invocation.metrics.setdefault(metric, []).append(value)
 
 
-def _flush(invocation: _Invocation) -> None:
-    if not invocation.totals:
-        return
-    from aws_lambda_powertools.metrics import EphemeralMetrics
+def _with_metrics(fields: dict, invocation: _Invocation) -> dict:
+    """The access line's fields with the invocation's metrics embedded (EMF); the metrics that cannot
+    share it, because a dimension of theirs already has another value on the line, each get a line of their own."""
+    if not invocation.metrics:
+        return fields
+    directives: dict[tuple, list] = {}  # the dimension sets -> the metrics counted under them
+    for metric, value in invocation.metrics.items():
+        clash = any(fields.get(name, dimension) != dimension for name, dimension in metric.dimensions)
+        if clash:
+            access_log.info("metric %s", metric.name, extra=_emf({"event": "metric"}, {_dimension_sets(metric): [(metric, value)]}))
+            continue
+        fields.update(metric.dimensions)
+        directives.setdefault(_dimension_sets(metric), []).append((metric, value))
+    return _emf(fields, directives)
 
-    metrics = EphemeralMetrics(namespace=NAMESPACE, service=SERVICE)
-    for name, value in invocation.totals.items():
-        metrics.add_metric(name=name, unit="Count", value=value)
-    metrics.flush_metrics()
+
+def _dimension_sets(metric: _Metric) -> tuple:
+    sets = [("service",)] if metric.total or not metric.dimensions else []
+    if metric.dimensions:
+        sets.append(("service",) + tuple(name for name, _ in metric.dimensions))
+    return tuple(sets)
 
 
-def _cold_start_metric(lambda_context) -> None:
-    if lambda_context is None or not getattr(lambda_context, "function_name", None):
-        return
-    from aws_lambda_powertools.metrics import EphemeralMetrics
-
-    EphemeralMetrics(namespace=NAMESPACE, service=SERVICE).add_cold_start_metric(lambda_context)
+def _emf(fields: dict, directives: dict) -> dict:
+    """fields with CloudWatch's embedded metric format added: the directives under _aws, the values as members.
+    (The line's `service` member, which every line carries, is the service dimension.)"""
+    for metrics in directives.values():
+        for metric, value in metrics:
+            fields[metric.name] = value
+            fields.update(metric.dimensions)
+    fields["_aws"] = {
+        "Timestamp": int(time.time() * 1000),
+        "CloudWatchMetrics": [
+            {
+                "Namespace": NAMESPACE,
+                "Dimensions": [list(names) for names in dimension_sets],
+                "Metrics": [{"Name": metric.name, "Unit": metric.unit} for metric, _ in metrics],
+            }
+            for dimension_sets, metrics in directives.items()
+        ],
+    }
+    return fields
 
 
 # ---------------------------------------------------------------- logins

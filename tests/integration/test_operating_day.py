@@ -4,7 +4,7 @@ Everything goes through the Lambda entry point: each "container" is its own copy
 Chalice app, Service, key cache and breakers), invoked with the API Gateway REST proxy events and the
 Lambda context of tests/fakes/lambda_container.py, one request at a time. The log is read as the
 service writes it (logs.service_handler: Powertools' JSON lines, scrubbed, at LOG_LEVEL=INFO), the
-metrics from stdout (Powertools prints EMF there, and Lambda sends stdout to CloudWatch Logs).
+metrics embedded in the access lines (EMF: CloudWatch Logs reads them from the same lines).
 
 The day runs against real parts: the fake TLS clusters (one of them stopped, faulted, its reviewer
 revoked and refused, another reached with the wrong CA), a moto server of this module's own that is
@@ -183,25 +183,31 @@ def json_lines(text: str) -> list[dict]:
 
 def emf_series(blobs: list[dict]) -> Counter:
     """(metric, {dimension: value} as a sorted tuple) -> the sum CloudWatch would count, checked against the
-    contract on the way: namespace, units, dimension sets, dimension values."""
+    contract on the way: namespace, units, dimension sets, dimension values. Each dimension set of a
+    directive is a series of its own, as CloudWatch reads EMF."""
     series: Counter = Counter()
     for blob in blobs:
-        (directive,) = blob["_aws"]["CloudWatchMetrics"]
-        assert directive["Namespace"] == "DashboardAuth"
-        (dimension_names,) = directive["Dimensions"]
-        dimensions = {name: blob[name] for name in dimension_names}
-        assert dimensions.get("service") == "dashboard-auth", blob
-        for name, value in dimensions.items():
-            assert name not in VALUES or value in VALUES[name], (name, value)
-        for metric in directive["Metrics"]:
-            unit, dimension_sets = CONTRACT[metric["Name"]]
-            assert metric["Unit"] == unit, metric
-            assert set(dimension_names) in dimension_sets, (metric["Name"], dimension_names)
-            values = blob[metric["Name"]]
-            values = values if isinstance(values, list) else [values]
-            key = (metric["Name"], tuple(sorted(dimensions.items())))
-            series[key] += sum(values) if unit == "Count" else len(values)
+        for directive in blob["_aws"]["CloudWatchMetrics"]:
+            assert directive["Namespace"] == "DashboardAuth"
+            for dimension_names in directive["Dimensions"]:
+                dimensions = {name: blob[name] for name in dimension_names}
+                assert dimensions.get("service") == "dashboard-auth", blob
+                for name, value in dimensions.items():
+                    assert name not in VALUES or value in VALUES[name], (name, value)
+                for metric in directive["Metrics"]:
+                    unit, dimension_sets = CONTRACT[metric["Name"]]
+                    assert metric["Unit"] == unit, metric
+                    assert set(dimension_names) in dimension_sets, (metric["Name"], dimension_names)
+                    values = blob[metric["Name"]]
+                    values = values if isinstance(values, list) else [values]
+                    key = (metric["Name"], tuple(sorted(dimensions.items())))
+                    series[key] += sum(values) if unit == "Count" else len(values)
     return series
+
+
+def emf_blobs(log_text: str) -> list[dict]:
+    """The lines that carry metrics: every access line of a request that counted any, and a metric's own line."""
+    return [line for line in json_lines(log_text) if "_aws" in line]
 
 
 def by_metric(series: Counter, name: str, total: bool = False) -> Counter:
@@ -352,7 +358,7 @@ def test_a_day_of_logins_refusals_outages_and_a_rotation_reads_right_in_the_log_
 
     # ================================================================ what the operator reads
     lines = json_lines(service_log.getvalue())
-    emf = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith('{"_aws"')]
+    emf = emf_blobs(service_log.getvalue())
     series = emf_series(emf)
     events = Counter(line.get("event") for line in lines)
     audit = [line for line in lines if line.get("logger") == "chalicelib.audit"]
@@ -513,7 +519,7 @@ def test_a_wrong_ca_is_one_certificate_failure_and_is_not_retried(
     (failure,) = [line for line in json_lines(service_log.getvalue()) if line.get("event") == "cluster_failure"]
     assert failure["cause"] == "certificate"
     assert failure["detail"].startswith("TLS certificate not trusted")
-    emf = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith('{"_aws"')]
+    emf = emf_blobs(service_log.getvalue())
     assert by_metric(emf_series(emf), "ClusterFailures") == Counter({(("cause", "certificate"), ("cluster", "prod-eu")): 1})
 
 
@@ -538,7 +544,7 @@ def test_a_cluster_that_hangs_or_drops_the_connection_is_logged_by_its_cause(
     assert status == 503, body
     (failure,) = [line for line in json_lines(service_log.getvalue()) if line.get("event") == "cluster_failure"]
     assert (failure["cause"], failure["detail"]) == (cause, detail)
-    emf = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith('{"_aws"')]
+    emf = emf_blobs(service_log.getvalue())
     assert by_metric(emf_series(emf), "ClusterFailures") == Counter({(("cause", cause), ("cluster", "prod-eu")): 1})
 
 
@@ -563,7 +569,7 @@ def test_a_container_writes_only_json_lines_and_no_library_chatter_below_warning
         log = container.log()
 
     lines = json_lines(log)  # fails on any line that is not one JSON object
-    records = [line for line in lines if "_aws" not in line]
+    records = lines
     emf = [line for line in lines if "_aws" in line]
     chatter = [line for line in records if not line["logger"].startswith("chalicelib") and line["level"] in ("DEBUG", "INFO")]
     found_credentials = [line for line in records if line["message"] == "Found credentials in environment variables."]

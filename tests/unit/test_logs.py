@@ -264,7 +264,6 @@ def test_an_exception_carrying_a_token_is_scrubbed_in_the_services_json_line(ser
     assert SA_TOKEN.split(".")[1] not in json.dumps(line)
     assert line["exception_name"] == "TokenInMessage"
     assert line["exception"].endswith(f"TokenInMessage: could not parse {logs.REDACTED}")  # the traceback names it
-    assert line["stack_trace"]["value"] == f"could not parse {logs.REDACTED}"
 
 
 def test_the_lambda_runtimes_handler_gives_way_to_the_services_json_lines():
