@@ -48,16 +48,16 @@ _SIGV4 = re.compile(
 _SIGV4_NAMES = ("credential", "security-token", "signature")
 
 
-# Each of _SECRETS' alternatives contains one of these (bearer in any case): text without any of them
-# cannot match, and most of what is logged (routes, outcomes, cluster names, user agents) has none.
-_SECRET_MARKERS = ("eyJ", "-----BEGIN", '"', "'", "k8s-aws-v1.")
+# Each of _SECRETS' and _SIGV4's matches contains one of these: text without any cannot match, and most
+# of what is logged (routes, outcomes, cluster names, user agents) has none. One search instead of two.
+_MARKERS = re.compile(r"eyJ|-----BEGIN |[\"']|k8s-aws-v1\.|(?i:bearer|credential|security-token|signature)")
 
 
 def redact(text: str) -> str:
+    if not _MARKERS.search(text):
+        return text
+    text = _SECRETS.sub(REDACTED, text)
     lowered = text.lower()
-    if "bearer" in lowered or any(marker in text for marker in _SECRET_MARKERS):
-        text = _SECRETS.sub(REDACTED, text)
-        lowered = text.lower()
     if any(name in lowered for name in _SIGV4_NAMES):  # 4x cheaper than the pattern on the usual record
         text = _SIGV4.sub(rf"\1\2{REDACTED}", text)
     return text
@@ -103,6 +103,9 @@ def _text_of(error: BaseException) -> str:
 _RECORD_ATTRIBUTES = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
 
 
+_PLAIN = frozenset({int, float, bool, type(None)})  # what a field can be that holds no text
+
+
 def _scrubbed(value: object, depth: int = 0) -> object:
     if isinstance(value, str):
         return redact(value)
@@ -131,9 +134,12 @@ class RedactingFilter(logging.Filter):
             exc_type, exc_value, exc_traceback = record.exc_info
             stand_in = _stand_in(exc_type)(redact(_text_of(exc_value)))
             record.exc_info = (exc_type, stand_in, exc_traceback)
-        for name, value in list(record.__dict__.items()):
-            if name not in _RECORD_ATTRIBUTES and not name.startswith("_"):  # "_": a handler's own (bytes)
-                setattr(record, name, _scrubbed(value))
+        fields = record.__dict__
+        for name in fields.keys() - _RECORD_ATTRIBUTES:
+            if not name.startswith("_"):  # "_": a handler's own (bytes), and the access line's EMF (ours)
+                value = fields[name]
+                if value.__class__ not in _PLAIN:
+                    fields[name] = _scrubbed(value)
         return True
 
 
