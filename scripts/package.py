@@ -33,16 +33,32 @@ AutoPublishAlias), and API Gateway's integration and the invoke permission name 
 requests reach the snapshotted version. Lambda offers SnapStart for python3.12 and newer only, and
 chalice takes the function's runtime from the Python that runs it: packaged by an older Python,
 the stage is packaged without SnapStart, and one line says so.
+
+Bytecode ships in the zip: after `chalice package`, deployment.zip is rewritten with a .pyc beside
+every .py of the app, chalice's runtime and the vendored dependencies (__pycache__/NAME.cpython-3XX.pyc),
+so a cold container runs them without compiling them (on Lambda, /var/task is read-only: without
+these, every cold start compiles every module it imports). They are unchecked hash-based .pyc (PEP 552):
+Python loads them without comparing them to the sources' mtimes or contents, so the zip's fixed
+timestamps do not matter, and they are only right for the sources they were compiled from, which
+scripts/slim_package.py checks. Compiled in memory under their names in the zip, with the zip's fixed
+timestamp and file mode: the package stays the same bytes for the same sources. A .pyc is only
+loaded by the CPython minor version that wrote it, so bytecode is added only when the Python running
+this script is the runtime of the packaged functions (chalice takes the runtime from the Python that
+runs it, so normally it is); otherwise it is left out, and one line says so.
 """
 from __future__ import annotations
 
 import argparse
+import copy
+import importlib.util
 import json
+import marshal
 import os
 import re
 import subprocess
 import sys
 import tempfile
+import zipfile
 from urllib.parse import urlsplit
 from pathlib import Path
 
@@ -122,6 +138,70 @@ def apply_snapstart(template: dict, stage: str, enabled: bool) -> str | None:
     resources[f"{API_FUNCTION}InvokePermission"]["Properties"]["FunctionName"] = {"Ref": alias}
     return (f"SnapStart on for stage {stage}: {API_FUNCTION} ({runtime}) publishes a version on every deploy, "
             f"served through its alias {SNAPSTART_ALIAS!r}")
+
+
+# PEP 552's flags word: bit 0 hash-based, bit 1 check_source. Unchecked: the source is never read back.
+PYC_UNCHECKED_HASH = 0b01
+
+
+def pyc_name(source: str, cache_tag: str) -> str:
+    """Where Python looks for the bytecode of `source` (a path inside the zip): DIR/__pycache__/STEM.TAG.pyc."""
+    directory, _, filename = source.rpartition("/")
+    return (directory + "/" if directory else "") + f"__pycache__/{filename[:-len('.py')]}.{cache_tag}.pyc"
+
+
+def unchecked_pyc(source: bytes, name: str) -> bytes:
+    """An unchecked hash-based .pyc of `source` for this interpreter, as py_compile writes it with
+    PycInvalidationMode.UNCHECKED_HASH (not optimised: Lambda runs python without -O). Its code objects
+    are named after `name`, the path inside the zip (Python corrects that to the real path when it loads one)."""
+    code = compile(source, name, "exec", dont_inherit=True, optimize=0)
+    return (importlib.util.MAGIC_NUMBER + PYC_UNCHECKED_HASH.to_bytes(4, "little")
+            + importlib.util.source_hash(source) + marshal.dumps(code))
+
+
+def packaged_runtimes(template: dict) -> set:
+    return {resource.get("Properties", {}).get("Runtime") for resource in template["Resources"].values()
+            if resource.get("Type") == "AWS::Serverless::Function"}
+
+
+def ship_bytecode(zip_path: Path, template: dict, stage: str) -> str:
+    """Rewrite deployment.zip with an unchecked-hash .pyc beside each .py, if this Python is the packaged
+    runtime; the line to print says what was done or why bytecode was left out."""
+    here = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    runtimes = packaged_runtimes(template)
+    cache_tag = sys.implementation.cache_tag
+    if sys.implementation.name != "cpython" or not cache_tag or runtimes != {here}:
+        shown = ", ".join(sorted(str(runtime) for runtime in runtimes))
+        return (f"bytecode left out of stage {stage}'s deployment.zip: the packaged runtime is {shown} and this is "
+                f"{sys.implementation.name} {sys.version_info.major}.{sys.version_info.minor}, whose .pyc files that "
+                f"runtime would not load; run scripts/package.py with the runtime's CPython to ship them")
+    rewritten = zip_path.with_suffix(".zip.pyc-tmp")
+    compiled = skipped = 0
+    added = 0
+    with zipfile.ZipFile(zip_path) as source, zipfile.ZipFile(rewritten, "w", zipfile.ZIP_DEFLATED) as target:
+        for item in source.infolist():
+            # a __pycache__ chalice copied from a working tree (timestamp .pyc, checked against 1980 mtimes)
+            if "__pycache__/" in item.filename or item.filename.endswith(".pyc"):
+                continue
+            data = source.read(item)
+            target.writestr(copy.copy(item), data)  # a copy: writestr sets the entry's offset in the target
+            if not item.filename.endswith(".py") or item.is_dir():
+                continue
+            try:
+                pyc = unchecked_pyc(data, item.filename)
+            except (SyntaxError, ValueError):  # not Python this runtime can import: it compiles nothing either
+                skipped += 1
+                continue
+            entry = zipfile.ZipInfo(pyc_name(item.filename, cache_tag), date_time=item.date_time)
+            entry.external_attr, entry.create_system = item.external_attr, item.create_system
+            entry.compress_type = zipfile.ZIP_DEFLATED
+            target.writestr(entry, pyc)
+            compiled += 1
+            added += len(pyc)
+    os.replace(rewritten, zip_path)
+    return (f"bytecode: {compiled} modules of stage {stage}'s deployment.zip compiled for {here} (unchecked "
+            f"hash-based .pyc, PEP 552), {added / 2**20:.1f} MiB unzipped added"
+            + (f"; {skipped} files that do not compile left as source only" if skipped else ""))
 
 
 def check(app_dir: Path, stage: str, allow_placeholders: bool = False) -> tuple[tuple[str, ...], list[str]]:
@@ -245,6 +325,7 @@ def package(app_dir: Path, stage: str, out: Path, allow_placeholders: bool) -> N
         sam.write_text(json.dumps(template, indent=2) + "\n")
     if note:
         print(note, file=sys.stderr)
+    print(ship_bytecode(out / "deployment.zip", template, stage), file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:

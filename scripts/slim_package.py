@@ -10,9 +10,18 @@ The proof is an import of the service from the slimmed files alone. A package bu
 architecture (`"lambda_architecture": "arm64"` in a stage, built on an x86_64 machine, or the
 reverse) cannot be imported here, so it is checked statically instead: every compiled module is an
 ELF object for the package's architecture, and every module the import would load is in the zip.
+
+The bytecode scripts/package.py ships (unchecked hash-based .pyc, PEP 552, beside each .py) is kept
+for the modules kept and dropped with the others. Python runs such a .pyc without looking at its
+source, so each one kept must be the compilation of the source beside it: its source hash is checked
+(when this Python wrote it, as it normally did), and a stale one stops the build. Any other .pyc (a
+working tree's timestamp-based __pycache__ chalice copied) is dropped. The import proof then checks
+that the package's modules were loaded from their shipped bytecode, none compiled.
 """
 from __future__ import annotations
 
+import copy
+import importlib.util
 import json
 import os
 import platform
@@ -51,8 +60,30 @@ import aws_lambda_powertools.logging.formatter, aws_lambda_powertools.metrics
 NOT_DEPLOYED = ("dashboard_auth_cli/", "chalicelib/cli.py")
 
 
-def slim(path: str) -> tuple[int, int]:
-    kept_bytes = dropped_bytes = 0
+PYC = re.compile(r"((?:.*/)?)__pycache__/([^/]+)\.([^./]+)\.pyc")
+PYC_UNCHECKED_HASH = 0b01  # PEP 552's flags: hash-based, source not checked (what scripts/package.py writes)
+
+
+def pyc_source(name: str) -> str | None:
+    """The source a __pycache__ entry belongs to (DIR/__pycache__/STEM.TAG.pyc -> DIR/STEM.py), or None."""
+    match = PYC.fullmatch(name)
+    return f"{match[1]}{match[2]}.py" if match else None
+
+
+def shipped_pyc(path: str, name: str, pyc: bytes, source: bytes | None) -> bool:
+    """Whether to keep a .pyc entry: an unchecked hash-based one of a source kept in the zip. Exits on a stale one."""
+    if source is None or len(pyc) < 16 or int.from_bytes(pyc[4:8], "little") != PYC_UNCHECKED_HASH:
+        return False
+    if pyc[:4] == importlib.util.MAGIC_NUMBER and pyc[8:16] != importlib.util.source_hash(source):
+        sys.exit(f"{path}: {name} was not compiled from the {pyc_source(name)} beside it, and Python would run it "
+                 "without checking: package again (scripts/package.py)")
+    return True
+
+
+def slim(path: str) -> tuple[int, int, int]:
+    """Drop UNUSED, and any .pyc that is not shipped bytecode; (bytes kept, bytes dropped, .pyc kept that
+    this Python loads)."""
+    kept_bytes = dropped_bytes = pycs = 0
     slimmed = path + ".slim"
     with zipfile.ZipFile(path) as source:
         stray = sorted(name for name in source.namelist() if name.startswith(NOT_DEPLOYED))
@@ -60,14 +91,21 @@ def slim(path: str) -> tuple[int, int]:
         sys.exit(f"{path}: the operator CLI is in the deployment package ({', '.join(stray[:3])}): "
                  "it belongs in dashboard_auth_cli/, outside chalicelib/")
     with zipfile.ZipFile(path) as source, zipfile.ZipFile(slimmed, "w", zipfile.ZIP_DEFLATED) as target:
+        kept = {name for name in source.namelist() if not name.startswith(UNUSED)}
         for item in source.infolist():
-            if item.filename.startswith(UNUSED) or "/__pycache__/" in item.filename:
+            keep = item.filename in kept
+            data = source.read(item.filename) if keep else b""
+            if keep and ("__pycache__/" in item.filename or item.filename.endswith(".pyc")):
+                origin = pyc_source(item.filename)
+                keep = shipped_pyc(path, item.filename, data, source.read(origin) if origin in kept else None)
+                pycs += keep and data[:4] == importlib.util.MAGIC_NUMBER
+            if not keep:
                 dropped_bytes += item.file_size
                 continue
             kept_bytes += item.file_size
-            target.writestr(item, source.read(item.filename))
+            target.writestr(copy.copy(item), data)  # a copy: writestr sets the entry's offset in the target
     os.replace(slimmed, path)
-    return kept_bytes, dropped_bytes
+    return kept_bytes, dropped_bytes, pycs
 
 
 # Lambda's architecture names, and the ELF e_machine of each.
@@ -114,27 +152,46 @@ def static_check(path: str, architecture: str) -> None:
             sys.exit(f"{path}: {module} is missing from the package")
 
 
-def smoke(path: str) -> None:
+CODE_FROM = re.compile(r"^# code object from '?(.*?)'?$", re.M)  # python -v: each module's code, and where from
+
+
+def smoke(path: str, bytecode: bool) -> str:
+    """Import the service from the unpacked zip alone, verbosely; with `bytecode` (the zip carries .pyc this
+    Python loads), every module of the package must come from its .pyc, none compiled from source."""
     with tempfile.TemporaryDirectory() as unpacked:
         zipfile.ZipFile(path).extractall(unpacked)
-        env = {"PATH": os.environ.get("PATH", ""), "CSRF_ENFORCE": "false", "AWS_DEFAULT_REGION": "us-east-1"}
-        subprocess.run([sys.executable, "-S", "-c", SMOKE, unpacked], check=True, env=env, cwd=unpacked)
+        env = {"PATH": os.environ.get("PATH", ""), "CSRF_ENFORCE": "false", "AWS_DEFAULT_REGION": "us-east-1",
+               "PYTHONDONTWRITEBYTECODE": "1"}
+        done = subprocess.run([sys.executable, "-S", "-v", "-c", SMOKE, unpacked], env=env, cwd=unpacked,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        if done.returncode:
+            errors = [line for line in done.stderr.splitlines() if not line.startswith(("#", "import "))]
+            sys.stderr.write("\n".join(errors[-40:]) + "\n")
+            sys.exit(f"{path}: the service does not import from the package (exit status {done.returncode})")
+        prefix = os.path.join(os.path.realpath(unpacked), "")
+        loaded = [os.path.realpath(found)[len(prefix):] for found in CODE_FROM.findall(done.stderr)
+                  if os.path.realpath(found).startswith(prefix)]
+    compiled = sorted(name for name in loaded if name.endswith(".py"))
+    from_pyc = len(loaded) - len(compiled)
+    if bytecode and compiled:
+        sys.exit(f"{path}: {len(compiled)} of the package's modules were compiled at import instead of loaded from "
+                 f"their shipped .pyc ({', '.join(compiled[:5])}): package again (scripts/package.py)")
+    return f"{from_pyc} of its {len(loaded)} modules imported loaded from their shipped bytecode"
 
 
 def main(path: str) -> None:
-    kept, dropped = slim(path)
+    kept, dropped, pycs = slim(path)
     architecture = package_architecture(path)
     if architecture not in ELF_MACHINE:
         sys.exit(f"{path}: unknown architecture {architecture!r}")
     if architecture == HOST_ARCHITECTURE.get(platform.machine().lower()):
-        smoke(path)
-        proof = "the service's imports load from it"
+        proof = "the service's imports load from it, " + smoke(path, bytecode=pycs > 0)
     else:
         static_check(path, architecture)
         proof = f"built for {architecture}: its modules are there and its compiled ones are {architecture} ELF objects"
     print(
-        f"{path}: dropped {dropped / 2**20:.1f} MiB never imported, kept {kept / 2**20:.1f} MiB unzipped, "
-        f"{os.path.getsize(path) / 2**20:.1f} MiB zipped; {proof}"
+        f"{path}: dropped {dropped / 2**20:.1f} MiB never imported, kept {kept / 2**20:.1f} MiB unzipped "
+        f"({pycs} .pyc), {os.path.getsize(path) / 2**20:.1f} MiB zipped; {proof}"
     )
 
 
