@@ -44,21 +44,25 @@ def initialising_for_snapshot(env: Mapping[str, str] = os.environ) -> bool:
 
 def prepare(service) -> None:
     """Before the snapshot: see the module's docstring."""
-    import boto3  # noqa: F401  imported only: a client would read the credentials
+    import boto3  # noqa: F401  (an EKS reviewer's STS client is built with it)
     import botocore.config  # noqa: F401
     import botocore.exceptions  # noqa: F401
 
-    from . import breaker  # noqa: F401
+    from . import aws_clients, breaker  # noqa: F401
 
+    # Built and warmed up, never used: its credentials are resolved at its first signed request, after
+    # the restore; the warm-up neither signs nor sends (aws_clients.warm_up).
+    aws_clients.warm_up(aws_clients.secrets_manager())
     service.prepare()
 
 
 def after_restore(service) -> None:
     """In each restored container, before its first request: see the module's docstring."""
     random.seed()  # from os.urandom
-    from . import service as service_module
+    from . import aws_clients
 
-    service_module.secrets_manager.cache_clear()
+    if aws_clients.built():
+        aws_clients.reset(aws_clients.secrets_manager())  # kept, minus credentials and connections
     service.after_restore()
 
 

@@ -12,10 +12,14 @@ serves real invocations: `app.app(event, context)` with API Gateway's proxy even
 
 stdout carries the protocol, one JSON line each:
   1. after initialisation: {"initialised": true, "kubernetes_imported": ..., "clusters": {name:
-     {"client": bool, "connections": n}}, "secrets_manager_client": bool, "keys_fetched": bool}
-  2. the process then waits for a line "restore <cluster>" on stdin (the test reads the counters of
-     what it runs in between: nothing may have been asked of anything), forks one container at a
-     time, and each answers {"pid", "random", "restored_at_ms", "csrf", "jweToken", "statuses"}.
+     {"client": bool, "connections": n}}, "secrets_manager_client": {"built": bool,
+     "credentials_resolved": bool}, "keys_fetched": bool}
+  2. the process then waits for a line "restore <cluster> <login token> [<env JSON>]" on stdin (the
+     test reads the counters of what it runs in between: nothing may have been asked of anything),
+     forks one container at a time, and each answers {"pid", "random", "restored_at_ms", "csrf",
+     "jweToken", "statuses", "secrets_manager_client_builds"}. The env JSON, if given, is set in each
+     restored container before its hooks run ("{container}" in a value becomes its number, 1 or 2):
+     an environment that changed between the snapshot and the restore.
   3. {"done": true}
 """
 from __future__ import annotations
@@ -36,11 +40,15 @@ def _invoke(app, event: dict) -> dict:
     return {"status": answer["statusCode"], "body": json.loads(answer["body"])}
 
 
-def _serve(app, cluster: str, login_token: str, random_state: object) -> dict:
+def _serve(app, cluster: str, login_token: str, random_state: object, env: dict[str, str]) -> dict:
     """One restored container: the after-restore hooks, as the runtime runs them, then a login."""
     import random
 
     import snapshot_restore_py
+
+    from chalicelib import aws_clients
+
+    os.environ.update(env)
 
     # A fork reseeds Python's `random` in the child (random registers that with os.register_at_fork);
     # a SnapStart restore does not: the memory comes back as it was. Put the snapshot's state back,
@@ -63,6 +71,8 @@ def _serve(app, cluster: str, login_token: str, random_state: object) -> dict:
         "csrf": csrf["body"]["token"],
         "jweToken": login["body"].get("jweToken"),
         "statuses": [csrf["status"], login["status"]],
+        # 1: the client the snapshot holds is the one used (the cache's single miss was before the fork)
+        "secrets_manager_client_builds": aws_clients.secrets_manager.cache_info().misses,
     }
 
 
@@ -73,7 +83,7 @@ def main() -> int:
 
     # Lambda's initialisation phase: the handler's module, imported once.
     app = importlib.import_module("app")
-    from chalicelib import service
+    from chalicelib import aws_clients
 
     built = app.auth()  # already built by the import under snap-start: this only reads the cache
     registry = built._registry()
@@ -89,7 +99,11 @@ def main() -> int:
         "prepared": app.auth.cache_info().currsize == 1 and app.auth.cache_info().hits == 1,
         "kubernetes_imported": "kubernetes" in sys.modules,
         "clusters": clusters,
-        "secrets_manager_client": service.secrets_manager.cache_info().currsize > 0,
+        "secrets_manager_client": {
+            "built": aws_clients.built(),
+            "credentials_resolved": aws_clients.built()
+            and aws_clients.credentials_of(aws_clients.secrets_manager()).resolved,
+        },
         "keys_fetched": built._keys._keys is not None,
     }) + "\n")
 
@@ -97,21 +111,23 @@ def main() -> int:
 
     for hook, args, kwargs in snapshot_restore_py.get_before_snapshot():
         hook(*args, **kwargs)
-    command = sys.stdin.readline().split()
+    command = sys.stdin.readline().split(maxsplit=3)
     if not command or command[0] != "restore":
         return 1
     cluster, login_token = command[1], command[2]
+    env_template = json.loads(command[3]) if len(command) > 3 else {}
     import random
 
     random_state = random.getstate()  # in the snapshot
     time.sleep(0.05)  # the snapshot ages: a restored container's clock is not the snapshot's
-    for _ in range(RESTORED_CONTAINERS):  # one at a time, as two containers started one after the other
+    for number in range(1, RESTORED_CONTAINERS + 1):  # one at a time, as two containers started one after the other
+        env = {name: value.replace("{container}", str(number)) for name, value in env_template.items()}
         read, write = os.pipe()
         pid = os.fork()
         if pid == 0:  # a container restored from the snapshot
             os.close(read)
             try:
-                result = _serve(app, cluster, login_token, random_state)
+                result = _serve(app, cluster, login_token, random_state, env)
             except BaseException as error:  # noqa: BLE001  reported, never raised into the parent's code
                 result = {"error": repr(error)}
             with os.fdopen(write, "w") as out:
