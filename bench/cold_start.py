@@ -1,11 +1,14 @@
 """3. Cold start: a fresh process from import to the first answer, for a refresh and for a login.
 
 Subject: bench/cold_child.py `refresh` / `login`: `import app`, then one `app.app(event, context)`.
-The container runs the deployed files: the unpacked deployment.zip (bench/memory_size.py builds it)
-as its working directory and first on sys.path, with no bytecode cache for them and none written
-(PYTHONDONTWRITEBYTECODE; /var/task is read-only on Lambda and the zip carries no .pyc), so every
-module of the zip is compiled at import, as on Lambda; boto3/botocore come from the venv, as the
-Lambda runtime provides them. Without a zip (packaging failed) the venv's code is used, and said.
+The container runs the deployed files: the unpacked deployment.zip (bench/memory_size.py builds it as
+`make package` does: chalice package, then scripts/package.py's bytecode step, then the slimming) as
+its working directory and first on sys.path, and writes no bytecode (PYTHONDONTWRITEBYTECODE; /var/task
+is read-only on Lambda). So it loads exactly the bytecode the zip ships, the unchecked hash-based .pyc
+scripts/package.py compiles beside each module when the packaging Python is the runtime's, as Lambda
+would from /var/task; a module without one is compiled at every import, as on Lambda. boto3/botocore
+come from the venv (with its .pyc), as the Lambda runtime provides them, precompiled. Without a zip
+(packaging failed) the venv's code is used, and said.
 
 Floors (chosen: what the path truly needs, same process conditions):
 - refresh: import boto3 + cryptography, a Secrets Manager client with the service's config, ONE
@@ -42,8 +45,17 @@ def _env_and_cwd(world) -> tuple[dict, str, str]:
     if world.deployed_dir:
         env = world.service_env(PYTHONPATH=os.pathsep.join([world.deployed_dir, ROOT]), PYTHONDONTWRITEBYTECODE="1",
                                 BENCH_COLD_PHASES="1")
-        return env, world.deployed_dir, "deployed files, no .pyc"
+        return env, world.deployed_dir, f"deployed files, {_shipped_bytecode(world.deployed_dir)}, none written"
     return world.service_env(BENCH_COLD_PHASES="1"), ROOT, "venv code, .pyc cached (deployment.zip unavailable)"
+
+
+def _shipped_bytecode(task: str) -> str:
+    """How many of the unpacked zip's modules have a .pyc beside them (in __pycache__), as shipped."""
+    sources = pycs = 0
+    for _, dirs, files in os.walk(task):
+        sources += sum(name.endswith(".py") for name in files)
+        pycs += sum(name.endswith(".pyc") for name in files)
+    return f"the zip's .pyc for {pycs} of its {sources} .py" if pycs else "no .pyc (the zip carries none)"
 
 
 def _import_costs(stderr: str) -> list[tuple[str, float]]:

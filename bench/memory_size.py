@@ -6,9 +6,12 @@
   taken here as <= 75 % of it (192 MB).
 - `chalice package --stage prod --merge-template .chalice/merge-prod.json` run on a copy of the app in
   a temporary directory (the project tree is not touched; chalice's wheel cache is copied in from
-  .chalice/deployments and kept between runs under the temp dir): deployment.zip zipped and unzipped,
+  .chalice/deployments and kept between runs under the temp dir), with its bytecode added as
+  scripts/package.py adds it (BENCH_BYTECODE=0: left out, for a comparison on the same tree) and
+  slimmed as `make package` slims it: deployment.zip zipped and unzipped,
   against the floor = the unzipped size of the distributions that a refresh, a token login, a kubeconfig
-  login and a CSRF token actually import (sys.modules in a deployed container, bench/cold_child.py scan).
+  login and a CSRF token actually import (sys.modules in a deployed container, bench/cold_child.py scan;
+  with the shipped .pyc of those modules).
   The biggest distributions are listed, marked with what imports them, if anything.
 """
 from __future__ import annotations
@@ -66,12 +69,36 @@ def build_package(world) -> tuple[str | None, str]:
         if not os.path.exists(os.path.join(CACHE, name)):
             shutil.copy2(os.path.join(deployments, name), CACHE)
     zip_path = os.path.join(out, "deployment.zip")
-    # What `make package` and CI ship: the zip without the packages no code path imports.
+    # What `make package` and CI ship: the zip with its bytecode (scripts/package.py's step after chalice
+    # package), without the packages no code path imports.
+    # BENCH_BYTECODE=0 leaves it out, to measure the cold start without it on the same tree.
+    if os.environ.get("BENCH_BYTECODE", "1") == "0":
+        bytecode_note = "bytecode left out (BENCH_BYTECODE=0)"
+    else:  # in a child, so that compiling does not raise this process's peak RSS (children inherit ru_maxrss)
+        step = subprocess.run([sys.executable, "-c", _BYTECODE_STEP, ROOT, zip_path], capture_output=True,
+                              text=True, timeout=PACKAGE_TIMEOUT)
+        if step.returncode != 0:
+            return None, f"the bytecode step exited {step.returncode}: {step.stderr.strip()[-300:]}"
+        bytecode_note = step.stdout.strip()
     slimmed = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "slim_package.py"), zip_path],
                              capture_output=True, text=True, timeout=PACKAGE_TIMEOUT)
     if slimmed.returncode != 0:
         return None, f"scripts/slim_package.py exited {slimmed.returncode}: {slimmed.stderr.strip()[-300:]}"
-    return zip_path, "built and slimmed (scripts/slim_package.py), as `make package` ships it"
+    return zip_path, f"built and slimmed (scripts/slim_package.py), as `make package` ships it; {bytecode_note}"
+
+
+# scripts/package.py's bytecode step alone (the rest checks a stage's registry, which this copy of the app lacks).
+_BYTECODE_STEP = """
+import importlib.util, json, os, sys
+from pathlib import Path
+root, zip_path = sys.argv[1:]
+spec = importlib.util.spec_from_file_location("package_script", os.path.join(root, "scripts", "package.py"))
+package = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(package)
+with open(os.path.join(os.path.dirname(zip_path), "sam.json"), encoding="utf-8") as handle:
+    template = json.load(handle)
+print(package.ship_bytecode(Path(zip_path), template, "prod"))
+"""
 
 
 def _same_fs(a: str, b: str) -> bool:
@@ -90,6 +117,12 @@ def unpack(zip_path: str, world) -> str:
 
 def _canonical(name: str) -> str:
     return re.sub(r"[-_.]+", "_", name).lower()
+
+
+def _source_of(name: str) -> str:
+    """DIR/__pycache__/STEM.TAG.pyc -> DIR/STEM.py (scripts/package.py's bytecode); any other name as it is."""
+    match = re.fullmatch(r"((?:.*/)?)__pycache__/([^/]+)\.[^./]+\.pyc", name)
+    return f"{match[1]}{match[2]}.py" if match else name
 
 
 def distributions(zip_path: str) -> dict[str, dict]:
@@ -113,7 +146,7 @@ def distributions(zip_path: str) -> dict[str, dict]:
                         modules[dist].add(re.split(r"\.(py|cpython|abi3|so)", top)[0])
     result: dict[str, dict] = {}
     for name, info in infos.items():
-        dist = owner.get(name, "(app)")
+        dist = owner.get(_source_of(name), "(app)")  # shipped bytecode counts with its source's distribution
         entry = result.setdefault(dist, {"size": 0, "compressed": 0, "modules": set()})
         entry["size"] += info.file_size
         entry["compressed"] += info.compress_size
@@ -139,11 +172,15 @@ def _parts(zip_path: str, dist_modules: set[str], loaded: set[str], top: int = 3
 
 
 def _loaded_bytes(zip_path: str, files: list[str], task_dir: str | None):
-    """Bytes of the zip's module files (.py and extension modules) a deployed container loaded."""
+    """Bytes of the zip's module files (.py and extension modules) a deployed container loaded, and the shipped
+    .pyc of those modules (the container reads the .pyc; the .py must be there too: Python finds a module
+    by its source, then its __pycache__)."""
     if not files or not task_dir:
         return None
     prefix = task_dir.rstrip("/") + "/"
     loaded = {f[len(prefix):] for f in files if f.startswith(prefix)}
+    with zipfile.ZipFile(zip_path) as archive:
+        loaded |= {name for name in archive.namelist() if name.endswith(".pyc") and _source_of(name) in loaded}
     dists = distributions(zip_path)
     owner = {}
     for dist, entry in dists.items():
@@ -181,6 +218,7 @@ def run(world, zip_path: str | None, note: str, cold: dict | None, login_warm: d
     if zip_path is None:
         notes.append(f"deployment.zip: not measured ({note})")
         return rows, notes
+    notes.append(f"deployment.zip: {note}")
     zipped = os.path.getsize(zip_path)
     dists = distributions(zip_path)
     unzipped = sum(d["size"] for d in dists.values())
@@ -191,6 +229,8 @@ def run(world, zip_path: str | None, note: str, cold: dict | None, login_warm: d
     imported = sum(entry["size"] for dist, entry in dists.items() if used_by[dist])
     prefix = (world.deployed_dir or "").rstrip("/") + "/"
     loaded_files = {f[len(prefix):] for f in (cold or {}).get("files") or [] if f.startswith(prefix)}
+    with zipfile.ZipFile(zip_path) as archive:
+        loaded_files |= {name for name in archive.namelist() if _source_of(name) in loaded_files and name != _source_of(name)}
     loaded = _loaded_bytes(zip_path, (cold or {}).get("files") or [], world.deployed_dir)
     if loaded:
         needed, needed_zipped, per_dist = loaded
