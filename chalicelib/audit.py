@@ -101,7 +101,7 @@ class RequestLog:
             cluster=(request.uri_params or {}).get("cluster"),
         )
         reset = _current.set(invocation)
-        logs.bind_context(
+        logs.start_context(
             request_id=invocation.request_id,
             function_request_id=getattr(lambda_context, "aws_request_id", None),
             route=invocation.route,
@@ -122,7 +122,8 @@ class RequestLog:
                 latency_ms=round((self._clock() - started) * 1000, 1), cluster=invocation.cluster,
                 source_ip=invocation.source_ip, user_agent=invocation.user_agent,
             )
-            access_log.info("%s %s %s", invocation.route, status, outcome, extra=_with_metrics(fields, invocation))
+            logs.log_fields(access_log, logging.INFO, _with_metrics(fields, invocation), "%s %s %s",
+                            invocation.route, status, outcome)
             _current.reset(reset)
             logs.clear_context()
 
@@ -189,7 +190,8 @@ def _with_metrics(fields: dict, invocation: _Invocation) -> dict:
     for metric, value in invocation.metrics.items():
         clash = any(fields.get(name, dimension) != dimension for name, dimension in metric.dimensions)
         if clash:
-            access_log.info("metric %s", metric.name, extra=_emf({"event": "metric"}, {_dimension_sets(metric): [(metric, value)]}))
+            logs.log_fields(access_log, logging.INFO, _emf({"event": "metric"}, {_dimension_sets(metric): [(metric, value)]}),
+                            "metric %s", metric.name)
             continue
         fields.update(metric.dimensions)
         directives.setdefault(_dimension_sets(metric), []).append((metric, value))
@@ -228,10 +230,10 @@ def _emf(fields: dict, directives: dict) -> dict:
 
 def login_accepted(cluster: str, namespace: str, name: str) -> None:
     _set_outcome("accepted")
-    log.info(
-        "login accepted: %s/%s on %s", namespace, name, cluster,
-        extra=_fields(event="login_accepted", cluster=cluster, namespace=namespace, serviceaccount=name,
+    logs.log_fields(
+        log, logging.INFO, _fields(event="login_accepted", cluster=cluster, namespace=namespace, serviceaccount=name,
                       **_client_fields()),
+        "login accepted: %s/%s on %s", namespace, name, cluster,
     )
     _count("Logins", {"cluster": cluster, "outcome": "accepted"})
 
@@ -239,9 +241,9 @@ def login_accepted(cluster: str, namespace: str, name: str) -> None:
 def login_refused(cluster: str, reason: str, **details) -> None:
     """reason: one of LOGIN_REFUSALS; details: what the operator needs (never the token)."""
     _set_outcome("refused")
-    log.info(
+    logs.log_fields(
+        log, logging.INFO, _fields(event="login_refused", cluster=cluster, reason=reason, **details, **_client_fields()),
         "login refused on %s: %s", cluster, reason,
-        extra=_fields(event="login_refused", cluster=cluster, reason=reason, **details, **_client_fields()),
     )
     _count("Logins", {"cluster": cluster, "outcome": "refused"})
     _count("LoginRefusals", {"cluster": cluster, "reason": reason})
@@ -263,10 +265,10 @@ def refresh_refused(cluster: str, reason: str, **details) -> None:
     """reason: a key of REFRESH_REFUSALS; details: e.g. the revoked ServiceAccount, never the token."""
     outcome = REFRESH_REFUSALS[reason]
     _set_outcome(outcome)
-    log.info(
-        "refresh refused on %s: %s", cluster, reason,
-        extra=_fields(event="refresh_refused", cluster=cluster, reason=reason, outcome=outcome, **details,
+    logs.log_fields(
+        log, logging.INFO, _fields(event="refresh_refused", cluster=cluster, reason=reason, outcome=outcome, **details,
                       **_client_fields()),
+        "refresh refused on %s: %s", cluster, reason,
     )
     _count("Refreshes", {"cluster": cluster, "outcome": outcome})
 
@@ -288,9 +290,9 @@ def token_review_answered(cluster: str, milliseconds: float) -> None:
 
 def cluster_failure(cluster: str, cause: str, detail: str, retry_after: int | None = None) -> None:
     """One failed request to a cluster, or one refused by its breaker: cause is one of CLUSTER_FAILURE_CAUSES."""
-    log.warning(
+    logs.log_fields(
+        log, logging.WARNING, _fields(event="cluster_failure", cluster=cluster, cause=cause, detail=detail, retry_after=retry_after),
         "cluster %s failed: %s (%s)", cluster, cause, detail,
-        extra=_fields(event="cluster_failure", cluster=cluster, cause=cause, detail=detail, retry_after=retry_after),
     )
     _count("ClusterFailures", {"cluster": cluster, "cause": cause})
 
@@ -309,23 +311,23 @@ def secrets_manager_call() -> None:
 
 
 def secrets_manager_error(operation: str, error: str) -> None:
-    log.warning(
+    logs.log_fields(
+        log, logging.WARNING, _fields(event="secrets_manager_failure", operation=operation, error=error),
         "Secrets Manager %s failed: %s", operation, error,
-        extra=_fields(event="secrets_manager_failure", operation=operation, error=error),
     )
     _count("SecretsManagerErrors")
 
 
 def key_rotated(old_kid: str, new_kid: str, previous_kid: str | None) -> None:
-    log.info(
+    logs.log_fields(
+        log, logging.INFO, _fields(event="key_rotated", old_kid=old_kid, new_kid=new_kid, previous_kid=previous_kid),
         "key rotation observed: %s -> %s", old_kid, new_kid,
-        extra=_fields(event="key_rotated", old_kid=old_kid, new_kid=new_kid, previous_kid=previous_kid),
     )
 
 
 def key_bootstrapped(store: str, source: str, kid: str, replaced: str | None = None) -> None:
     """A key this container wrote: store is "secretsmanager" or "file", source the secret id or the path."""
-    log.info(
+    logs.log_fields(
+        log, logging.INFO, _fields(event="key_bootstrapped", store=store, source=source, kid=kid, replaced=replaced),
         "key bootstrapped: %s in %s", kid, source,
-        extra=_fields(event="key_bootstrapped", store=store, source=source, kid=kid, replaced=replaced),
     )
