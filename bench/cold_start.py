@@ -9,9 +9,9 @@ scripts/package.py compiles beside each module when the packaging Python is the 
 would from /var/task; a module without one is compiled at every import, as on Lambda. boto3/botocore
 come from the venv (with its .pyc), as the Lambda runtime provides them, precompiled. Without a zip
 (packaging failed) the venv's code is used, and said. The floors run in the same place, so what the
-zip shadows comes from the zip for them too, with the same bytecode: cryptography (and the login floor's
-kubernetes), and botocore's
-urllib3, dateutil, jmespath and six; only boto3, botocore and s3transfer come from the venv.
+zip shadows comes from the zip for them too, with the same bytecode: cryptography (and the login
+floor's kubernetes), and botocore's urllib3, dateutil, jmespath and six; only boto3, botocore and
+s3transfer come from the venv.
 
 Floors (chosen: what the path truly needs, same process conditions):
 - refresh: import boto3 + cryptography, a Secrets Manager client with the service's config, ONE
