@@ -53,7 +53,6 @@ import kubernetes.client, kubernetes.config
 from kubernetes.client import AuthenticationV1Api
 import chalicelib.clusters, chalicelib.issuers, yaml, cryptography
 import jwcrypto.jwk, jwcrypto.jws
-import aws_lambda_powertools.logging.formatter, aws_lambda_powertools.metrics
 """
 # The operator commands live in dashboard_auth_cli/, beside chalicelib/ and never in the package:
 # people run them, Lambda never does. A file here means the CLI (or a copy) slipped back in.
