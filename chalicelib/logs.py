@@ -143,7 +143,7 @@ class RedactingFilter(logging.Filter):
             record.exc_text = redact(record.exc_text)
         if record.exc_info and record.exc_info[1] is not None and not isinstance(record.exc_info[1], RedactedException):
             # Lambda's JSON log format reads the exception itself (errorMessage = str(exception)), and
-            # Powertools' formatter formats the traceback from it, not from the scrubbed text above.
+            # a formatter may format the traceback from it, not from the scrubbed text above.
             exc_type, exc_value, exc_traceback = record.exc_info
             stand_in = _stand_in(exc_type)(redact(_text_of(exc_value)))
             record.exc_info = (exc_type, stand_in, exc_traceback)
