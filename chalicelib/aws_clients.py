@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import datetime
 import functools
+import logging
 import threading
 import weakref
+
+logger = logging.getLogger(__name__)
 
 #: How often credentials with no expiry of their own (environment variables, a profile's static
 #: keys) are read again through the chain, so a change to them is picked up without a new container.
@@ -64,74 +67,86 @@ def deferred_session():
 
 
 def _make_deferred_credentials(session):
-    from botocore.credentials import DeferredRefreshableCredentials, create_credential_resolver
+    from botocore.credentials import Credentials, ReadOnlyCredentials, create_credential_resolver
 
-    class DeferredCredentials(DeferredRefreshableCredentials):
-        """Credentials read through the default chain at first use, then kept as botocore keeps them.
+    class DeferredCredentials(Credentials):
+        """Credentials read through the default chain at their first use, not before (botocore's own
+        DeferredRefreshableCredentials in spirit, without its date parsing and refresh windows).
 
-        What the chain gives is held as it is: refreshable credentials (the container credentials
-        endpoint, an assumed role) refresh themselves before they expire; this object asks them for
-        their current value at least every RECHECK_SECONDS, well inside their own refresh window
-        (15 min before expiry, mandatory from 10 min), and runs the whole chain again every
-        RECHECK_SECONDS when they have no expiry of their own (static keys).
+        What the chain gives is held as botocore gives it: refreshable credentials (the container
+        credentials endpoint, an assumed role) refresh themselves before they expire (botocore: from
+        15 min before, blocking from 10 min); they are asked for their current value again whenever
+        RECHECK_SECONDS have passed, well inside those windows. Credentials with no expiry of their own
+        (static keys in the environment or a profile) are looked up again through the whole chain every
+        RECHECK_SECONDS. Signers read them only through get_frozen_credentials(), one consistent set.
         """
 
-        def __init__(self):
-            self._source = None
-            self._source_lock = threading.Lock()
-            self._resolver = None  # the default chain, built (not asked) ahead by `prepare`
+        method = "deferred-default-chain"
+
+        def __init__(self):  # noqa: D107  (Credentials.__init__ would take the keys at once: not called)
+            self._lock = threading.Lock()
+            self._resolver = None  # the default chain's providers, built (not asked) ahead by `prepare`
             self._resolver_asked = False
-            super().__init__(refresh_using=self._current, method="deferred-default-chain", time_fetcher=lambda: _now())
-            # Expiry below is "ask the chain again", not the credentials' own: refresh then, not before.
-            self._advisory_refresh_timeout = 0
-            self._mandatory_refresh_timeout = 0
+            self._source = None  # what the chain gave
+            self._frozen = None
+            self._recheck_at = None
+
+        access_key = property(lambda self: self.get_frozen_credentials().access_key)
+        secret_key = property(lambda self: self.get_frozen_credentials().secret_key)
+        token = property(lambda self: self.get_frozen_credentials().token)
+        account_id = property(lambda self: self.get_frozen_credentials().account_id)
 
         @property
         def resolved(self) -> bool:
             """Whether the chain has been asked (whether this object holds credentials)."""
-            return self._frozen_credentials is not None or self._source is not None
+            return self._frozen is not None or self._source is not None
 
         def prepare(self) -> None:
             """Build the default chain's providers without asking any of them (no credentials read,
             no request made): what the first signed request would otherwise build (~3 ms)."""
-            with self._source_lock:
+            with self._lock:
                 if self._resolver is None:
                     self._resolver = self._new_resolver()
 
         def forget(self) -> None:
             """Back to unresolved: the next signed request runs the chain again. A chain that was asked
             is dropped too (an assumed role's cache lives in it); one only prepared is kept."""
-            with self._refresh_lock, self._source_lock:
+            with self._lock:
                 if self._resolver_asked:
                     self._resolver, self._resolver_asked = None, False
-                self._source = None
-                self._access_key = self._secret_key = self._token = self._account_id = None
-                self._expiry_time = self._staged_expiry_time = None
-                self._frozen_credentials = None
+                self._source = self._frozen = self._recheck_at = None
 
-        def _current(self) -> dict:
+        def get_frozen_credentials(self):
+            with self._lock:
+                now = _now()
+                if self._frozen is None or now >= self._recheck_at:
+                    try:
+                        self._frozen = self._ask()
+                    except Exception:
+                        # Refreshable credentials decide for themselves: they raise only once what they
+                        # hold is about to expire. Static ones are kept if looking them up again fails.
+                        if self._frozen is None or hasattr(self._source, "refresh_needed"):
+                            raise
+                        logger.warning("looking up the AWS credentials again failed; using the ones held")
+                    self._recheck_at = now + datetime.timedelta(seconds=RECHECK_SECONDS)
+                return self._frozen
+
+        def _ask(self):
             from botocore.exceptions import NoCredentialsError
 
-            with self._source_lock:
-                source = self._source
-                if source is None or not hasattr(source, "refresh_needed"):
-                    # First use, or static credentials: run the chain (cheap for environment variables).
-                    if self._resolver is None:
-                        self._resolver = self._new_resolver()
-                    self._resolver_asked = True
-                    source = self._resolver.load_credentials()
-                    if source is None:
-                        raise NoCredentialsError()
-                    self._source = source
+            source = self._source
+            if source is None or not hasattr(source, "refresh_needed"):
+                # First use, or static credentials: run the chain (cheap for environment variables).
+                if self._resolver is None:
+                    self._resolver = self._new_resolver()
+                self._resolver_asked = True
+                source = self._resolver.load_credentials()
+                if source is None:
+                    raise NoCredentialsError()
+                self._source = source
             frozen = source.get_frozen_credentials()  # refreshable credentials refresh themselves here
-            now = self._time_fetcher()
-            return {
-                "access_key": frozen.access_key,
-                "secret_key": frozen.secret_key,
-                "token": frozen.token,
-                "account_id": getattr(frozen, "account_id", None),
-                "expiry_time": (now + datetime.timedelta(seconds=RECHECK_SECONDS)).isoformat(),
-            }
+            return ReadOnlyCredentials(frozen.access_key, frozen.secret_key, frozen.token,
+                                       getattr(frozen, "account_id", None))
 
         @staticmethod
         def _new_resolver():
