@@ -666,3 +666,40 @@ def test_a_private_key_with_corrupted_crt_values_is_unusable_not_silently_accept
 
     with pytest.raises(UnusableKey, match="does not open"):
         keys.parse_secret_value("v1", json.dumps(value))
+
+
+def _with_numbers(value: str, **changes) -> str:
+    """The stored value with some of its private key's numbers replaced (pub left as stored)."""
+    from cryptography.hazmat.primitives.asymmetric import rsa as rsa_primitives
+
+    fields = json.loads(value)
+    numbers = serialization.load_pem_private_key(fields["priv"].encode(), None).private_numbers()
+    values = {name: getattr(numbers, name) for name in ("p", "q", "d", "dmp1", "dmq1", "iqmp")}
+    values.update({name: change(values) for name, change in changes.items()})
+    broken = rsa_primitives.RSAPrivateNumbers(**values, public_numbers=numbers.public_numbers).private_key(
+        unsafe_skip_rsa_key_validation=True
+    )
+    fields["priv"] = broken.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
+    ).decode()
+    return json.dumps(fields)
+
+
+@pytest.mark.parametrize("corrupted", [
+    {"d": lambda v: v["d"] ^ 2},  # the CRT values still decrypt: only d is wrong
+    {"dmp1": lambda v: v["dmp1"] ^ 2},  # OpenSSL falls back to d and decrypts; a probe's round trip passed
+    {"dmq1": lambda v: v["dmq1"] ^ 4},
+    {"iqmp": lambda v: v["iqmp"] ^ 2},
+    {"p": lambda v: v["q"], "q": lambda v: v["p"]},  # swapped primes: iqmp no longer inverts q modulo p
+], ids=["d", "dmp1", "dmq1", "iqmp", "swapped-primes"])
+def test_a_private_key_with_any_inconsistent_number_is_unusable(value, corrupted):
+    """As OpenSSL's full key check would refuse them (less its primality tests, the slow part)."""
+    with pytest.raises(UnusableKey, match="does not open"):
+        keys.parse_secret_value("v1", _with_numbers(value, **corrupted))
+
+
+@pytest.mark.parametrize("exponent", [65537, 3])
+def test_keys_made_elsewhere_pass_the_consistency_check_and_work(exponent):
+    private_key = rsa.generate_private_key(public_exponent=exponent, key_size=2048)
+    key = keys.parse_secret_value("v1", dashboard_value(private_key))
+    assert seals_and_opens(key)
