@@ -8,15 +8,18 @@ builds everything on first use, as before.
 
 Before the snapshot (`prepare`), the expensive work that holds no secret: the imports (kubernetes
 too when a cluster registry is configured), the settings, the registry, one kubernetes ApiClient
-and pool per cluster, not connected. No secret is fetched (neither the session key nor a reviewer
-token) and no connection is opened: a snapshot must not hold a secret, and every restored container
-would share it.
+and pool per cluster, not connected, and the Secrets Manager client, built and warmed up
+(chalicelib/aws_clients.py: its credentials are resolved at its first signed request, its warm-up
+neither signs nor sends). No secret is fetched (neither the session key nor a reviewer token nor
+AWS credentials) and no connection is opened: a snapshot must not hold a secret, and every restored
+container would share it.
 
 After each restore (`after_restore`, a runtime hook), whatever must not be shared between containers
 restored from one snapshot, or was measured on the snapshotted container's clock:
 - connection pools (none are open at the snapshot, but a pool is closed and rebuilt regardless),
-  the reviewer tokens and session keys in hand (none either), the Secrets Manager client, the issuer
-  caches and the circuit breakers (their monotonic times mean nothing in another container);
+  the reviewer tokens and session keys in hand (none either), the Secrets Manager client's
+  credentials and connections (none either: the client itself, its models and rules, is kept), the
+  issuer caches and the circuit breakers (their monotonic times mean nothing in another container);
 - Python's `random`, reseeded: its state is in the snapshot, so every restored container would draw
   the same numbers (botocore's retry jitter uses it). os.urandom and `secrets`, which make the
   session tokens' content keys and IVs, ask the kernel on every call and are unique after a restore;
@@ -51,8 +54,13 @@ def prepare(service) -> None:
     from . import aws_clients, breaker  # noqa: F401
 
     # Built and warmed up, never used: its credentials are resolved at its first signed request, after
-    # the restore; the warm-up neither signs nor sends (aws_clients.warm_up).
-    aws_clients.warm_up(aws_clients.secrets_manager())
+    # the restore; the warm-up neither signs nor sends (aws_clients.warm_up). Should either fail (a
+    # malformed endpoint setting), the first request builds it and reports that, as without SnapStart.
+    try:
+        aws_clients.warm_up(aws_clients.secrets_manager())
+    except Exception as error:  # noqa: BLE001  (only speed is at stake here)
+        aws_clients.secrets_manager.cache_clear()
+        logger.warning("not preparing the Secrets Manager client before the snapshot: %s", type(error).__name__)
     service.prepare()
 
 

@@ -241,3 +241,25 @@ def test_key_cache_forgets_what_it_fetched():
     cache.forget()
     cache.mint_key()
     assert fetched == [1, 1]
+
+
+def test_a_secrets_manager_client_that_cannot_be_built_before_the_snapshot_is_built_at_first_use(monkeypatch):
+    """Preparing the client is for speed only: a setting it cannot be built with must not stop the
+    initialisation; the first request then builds it, and reports the setting, as without SnapStart."""
+    from chalicelib import aws_clients
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL_SECRETS_MANAGER", "not a url")
+    aws_clients.secrets_manager.cache_clear()
+    prepared = []
+
+    class Service:
+        def prepare(self):
+            prepared.append(True)
+
+    try:
+        snapstart.prepare(Service())
+        assert prepared == [True] and not aws_clients.built()
+        with pytest.raises(ValueError, match="Invalid endpoint"):
+            aws_clients.secrets_manager()
+    finally:
+        aws_clients.secrets_manager.cache_clear()
