@@ -95,6 +95,7 @@ class CredentialsEndpoint(_Base):
 
 class _RecordingHandler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out as written, without a delayed-ACK stall
 
     def do_POST(self) -> None:  # noqa: N802
         owner: SigningRecorder = self.server.owner

@@ -253,3 +253,125 @@ def test_containers_replacing_an_unusable_key_with_stale_reads_converge_on_one_k
     assert len({key.fingerprint() for key in results}) == 1
     assert current_version(secrets_client, secret_id) == results[0].kid
     assert set(version_stages(secrets_client, secret_id)) == {unusable, results[0].kid}
+
+
+# ---------------------------------------------------------------- the reads: AWSCURRENT, then the list and AWSPREVIOUS together
+
+def _expected_key_set(secrets_client, secret_id: str) -> dict:
+    """What Secrets Manager holds, read plainly one call after another: the kids a fetch must give."""
+    def read(stage: str):
+        try:
+            answer = secrets_client.get_secret_value(SecretId=secret_id, VersionStage=stage)
+        except secrets_client.exceptions.ResourceNotFoundException:
+            return None
+        try:
+            keys.parse_secret_value(answer["VersionId"], answer.get("SecretString"))
+        except keys.UnusableKey:
+            return None
+        return answer["VersionId"]
+
+    stages = version_stages(secrets_client, secret_id)
+    current = read("AWSCURRENT")
+    previous = read("AWSPREVIOUS")
+    pending = read("AWSPENDING") if any(
+        "AWSPENDING" in labels and "AWSCURRENT" not in labels for labels in stages.values()) else None
+    held = {kid for kid in (current, previous, pending) if kid is not None}
+    retired = {kid for kid, labels in stages.items() if not labels & {"AWSCURRENT", "AWSPREVIOUS", "AWSPENDING"}}
+    return {"current": current, "previous": previous if previous != current else None,
+            "pending": pending if pending != current else None, "retired": retired - held}
+
+
+def _one_key(client, secret_id):
+    client.create_secret(Name=secret_id, SecretString=keys.new_secret_value())
+
+
+def _current_and_previous(client, secret_id):
+    _one_key(client, secret_id)
+    client.put_secret_value(SecretId=secret_id, SecretString=keys.new_secret_value())
+
+
+def _rotation_in_flight(client, secret_id):
+    _one_key(client, secret_id)
+    rotation.rotate_now(client, secret_id)
+    rotation.rotate_now(client, secret_id)
+    rotation.handle({"SecretId": secret_id, "ClientRequestToken": "4c5d6e7f-0000-4000-8000-00000000000a",
+                     "Step": "createSecret"}, client)
+
+
+def _rotated_out_twice(client, secret_id):
+    _one_key(client, secret_id)
+    for _ in range(3):
+        rotation.rotate_now(client, secret_id)
+
+
+def _unusable_previous(client, secret_id):
+    client.create_secret(Name=secret_id, SecretString="garbage")
+    client.put_secret_value(SecretId=secret_id, SecretString=keys.new_secret_value())
+
+
+@pytest.mark.parametrize("state", [_one_key, _current_and_previous, _rotation_in_flight, _rotated_out_twice,
+                                   _unusable_previous],
+                         ids=["one-key", "current-and-previous", "rotation-in-flight", "rotated-out",
+                              "unusable-previous"])
+def test_the_key_set_is_what_plain_sequential_reads_give_in_every_rotation_state(
+    moto_server, secrets_client, secret_id, state
+):
+    state(secrets_client, secret_id)
+
+    key_set = store_for(secret_id, moto_server.url).fetch()
+
+    got = {"current": key_set.current.kid, "previous": key_set.previous.kid if key_set.previous else None,
+           "pending": key_set.pending.kid if key_set.pending else None, "retired": set(key_set.retired)}
+    assert got == _expected_key_set(secrets_client, secret_id)
+
+
+def test_the_version_list_and_the_previous_key_are_read_at_the_same_time_after_the_current_one(
+    moto_server, secrets_client, secret_id
+):
+    """The front holds the list and the AWSPREVIOUS read until both have arrived: read one after the
+    other, the first would wait out the barrier and the fetch would report it."""
+    from tests.fakes.aws_credentials import SigningRecorder
+
+    _current_and_previous(secrets_client, secret_id)
+    barrier = threading.Barrier(2, timeout=10)
+    arrivals, met = [], []
+
+    def hold(operation: str, request: dict) -> None:
+        name = f"{operation} {request.get('VersionStage', '')}".strip()
+        arrivals.append(name)
+        if name in ("ListSecretVersionIds", "GetSecretValue AWSPREVIOUS"):
+            try:
+                barrier.wait()
+                met.append(name)
+            except threading.BrokenBarrierError:
+                pass
+
+    with SigningRecorder(moto_server.url) as front:
+        front.before_forward = hold
+        key_set = store_for(secret_id, front.url).fetch()
+
+    assert arrivals[0] == "GetSecretValue AWSCURRENT"  # first, and alone
+    assert sorted(arrivals[1:]) == ["GetSecretValue AWSPREVIOUS", "ListSecretVersionIds"]
+    assert sorted(met) == ["GetSecretValue AWSPREVIOUS", "ListSecretVersionIds"]
+    assert key_set.previous is not None
+
+
+def test_when_the_list_fails_the_previous_read_is_waited_for_and_the_fetch_is_unavailable(
+    moto_server, secrets_client, secret_id
+):
+    from tests.fakes.aws_credentials import SigningRecorder
+
+    _current_and_previous(secrets_client, secret_id)
+    finished = []
+
+    def refuse_the_list(operation: str, request: dict) -> None:
+        if operation == "ListSecretVersionIds":
+            raise ConnectionError("the front drops the list")
+        finished.append(request.get("VersionStage"))
+
+    with SigningRecorder(moto_server.url) as front:
+        front.before_forward = refuse_the_list
+        with pytest.raises(keys.KeyStoreUnavailable):
+            store_for(secret_id, front.url).fetch()
+        assert not [thread for thread in threading.enumerate() if thread.name.startswith("read ")]  # joined
+    assert finished[:2] == ["AWSCURRENT", "AWSPREVIOUS"]
