@@ -432,6 +432,8 @@ class Reviewer:
                 return
             if connection.reviewer_token is not None:
                 connection.reviewer_token.forget()
+            if connection.pool.num_connections == 0:
+                return  # built and never connected (SnapStart's preparation): nothing in it to share
             connection.pool.close()  # and whatever connections it holds
             connection.client.rest_client.pool_manager.clear()
             cluster._connection = connection._replace(pool=self._pool(connection.client))
