@@ -18,6 +18,8 @@ import sys
 import time
 
 MARK = "bench.cold_child: the clock starts"
+# The app's requests to a cluster: the issuer documents (discovery, JWKS) of a first login, then the TokenReview.
+CLUSTER_HTTP = "cluster HTTP: issuer documents + TokenReview (TLS handshake incl.)"
 
 
 def _top_levels() -> list[str]:
@@ -129,7 +131,7 @@ def _instrument(phases: dict, config: dict) -> None:
 
     import urllib3.connectionpool
 
-    from chalicelib import aws_clients, clusters, keys, sessions
+    from chalicelib import aws_clients, clusters, issuers, keys, sessions
 
     def timed(owner, attribute: str, phase: str) -> None:
         original = getattr(owner, attribute)
@@ -148,7 +150,7 @@ def _instrument(phases: dict, config: dict) -> None:
     original_urlopen = urllib3.connectionpool.HTTPConnectionPool.urlopen
 
     def urlopen(pool, *args, **kwargs):
-        name = "Secrets Manager HTTP" if pool.port == moto_port else "TokenReview HTTP (TLS handshake incl.)"
+        name = "Secrets Manager HTTP" if pool.port == moto_port else CLUSTER_HTTP
         begin = time.perf_counter()
         try:
             return original_urlopen(pool, *args, **kwargs)
@@ -157,12 +159,13 @@ def _instrument(phases: dict, config: dict) -> None:
             phases["n: " + name] = phases.get("n: " + name, 0) + 1
 
     urllib3.connectionpool.HTTPConnectionPool.urlopen = urlopen
-    timed(aws_clients, "new_secrets_manager", "Secrets Manager client (boto3 import incl.)")
+    timed(aws_clients, "new_secrets_manager", "Secrets Manager client (botocore import incl.)")
     timed(keys, "parse_secret_value", "key parse (PEM loads, pair check)")
     timed(keys.SecretsManagerKeyStore, "fetch", "_key set fetch (total)")
     timed(sessions, "decrypt", "sessions.decrypt (1st)")
     timed(sessions, "mint", "sessions.mint")
     timed(clusters.Reviewer, "review", "_review (total)")
+    timed(issuers.Issuers, "verify", "_issuer check (total)")
     timed(clusters.Reviewer, "_build_client", "kubernetes ApiClient build")
 
 
