@@ -333,6 +333,25 @@ def debug_log():
         logging.getLogger(name).setLevel(level)
 
 
+@pytest.fixture
+def service_log():
+    """The service's own handler, as logs.configure installs it in Lambda, at LOG_LEVEL=INFO: yields its stream."""
+    from chalicelib import logs
+
+    stream = io.StringIO()
+    handler = logs.service_handler(stream, "INFO")
+    root = logging.getLogger()
+    root.addHandler(handler)
+    yield stream
+    root.removeHandler(handler)
+
+
+@pytest.fixture
+def service_lines(service_log):
+    """The JSON lines the service's own handler has written so far, parsed."""
+    return lambda: [json.loads(line) for line in service_log.getvalue().splitlines()]
+
+
 def login_ok(frontend, token) -> str:
     """Log in and return the session token, asserting the Dashboard's success shape."""
     response = frontend.login(token)

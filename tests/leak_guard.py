@@ -6,7 +6,7 @@ For the whole run, in the pytest process:
    app.py sets the root level from LOG_LEVEL), and every record is written to a temporary file
    through a handler that carries chalicelib.logs' RedactingFilter, attached by
    `logs.configure("DEBUG")` exactly as production attaches it to its own handler. Each record is
-   written as the service writes it (Powertools' JSON line, with the request's context keys and every
+   written as the service writes it (its JSON line, with the request's context keys and every
    field an audit event carries), and also as Lambda's runtime would in its text and JSON formats.
    What lands in the file is what production would log.
 2. Every secret the run creates is registered, by wrapping (behaviour unchanged) the places that

@@ -3,7 +3,7 @@
 Everything goes through the Lambda entry point: each "container" is its own copy of app.py (a cold
 Chalice app, Service, key cache and breakers), invoked with the API Gateway REST proxy events and the
 Lambda context of tests/fakes/lambda_container.py, one request at a time. The log is read as the
-service writes it (logs.service_handler: Powertools' JSON lines, scrubbed, at LOG_LEVEL=INFO), the
+service writes it (logs.service_handler: JSON lines, scrubbed, at LOG_LEVEL=INFO), the
 metrics embedded in the access lines (EMF: CloudWatch Logs reads them from the same lines).
 
 The day runs against real parts: the fake TLS clusters (one of them stopped, faulted, its reviewer
@@ -15,10 +15,8 @@ Counts are compared; nothing is timed.
 from __future__ import annotations
 
 import importlib.util
-import io
 import itertools
 import json
-import logging
 import os
 import socket
 import threading
@@ -30,7 +28,7 @@ from datetime import datetime, timedelta, timezone
 import boto3
 import pytest
 
-from chalicelib import keys, logs, rotation, service, sessions
+from chalicelib import keys, rotation, service, sessions
 from demo.kube_apiserver import DEFAULT_ISSUER, generate_rsa_key, key_id, sign_jwt
 from tests.conftest import ROOT, UNAUTHORIZED_LOGIN, with_kid, write_registry
 from tests.fakes.lambda_container import FUNCTION_NAME, LambdaContext, api_gateway_event
@@ -69,17 +67,6 @@ def moto(own_moto):
     yield own_moto
     own_moto.stop()
     own_moto.start()
-
-
-@pytest.fixture
-def service_log():
-    """The service's own handler, as configure() installs it in Lambda, at LOG_LEVEL=INFO."""
-    stream = io.StringIO()
-    handler = logs.service_handler(stream, "INFO")
-    root = logging.getLogger()
-    root.addHandler(handler)
-    yield stream
-    root.removeHandler(handler)
 
 
 @pytest.fixture
@@ -554,9 +541,8 @@ def test_a_cluster_that_hangs_or_drops_the_connection_is_logged_by_its_cause(
 def test_a_container_writes_only_json_lines_and_no_library_chatter_below_warning_at_info(
     moto_server, secret_id, tmp_path, cluster_a, request, level
 ):
-    """A container process configures logging itself, as in Lambda: every stderr line is JSON (EMF on
-    stdout too: the fake container sends its stdout to the same log), the first invocation is the
-    cold start, and botocore's "Found credentials in environment variables." (INFO) shows only at DEBUG."""
+    """A container process configures logging itself, as in Lambda: every line is JSON (the access
+    lines carry the EMF metrics), the first invocation is the cold start, and botocore's "Found credentials in environment variables." (INFO) shows only at DEBUG."""
     from tests.fakes.lambda_container import Container
 
     registry = write_registry(tmp_path / "c.json", [cluster_a.registry_entry()])

@@ -1,25 +1,11 @@
 """The access line and the metrics it carries, read the way CloudWatch Logs reads EMF."""
 from __future__ import annotations
 
-import io
 import json
-import logging
 from collections import Counter
 from types import SimpleNamespace
 
-import pytest
-
 from chalicelib import audit, logs
-
-
-@pytest.fixture
-def lines():
-    stream = io.StringIO()
-    handler = logs.service_handler(stream, "INFO")
-    root = logging.getLogger()
-    root.addHandler(handler)
-    yield lambda: [json.loads(line) for line in stream.getvalue().splitlines()]
-    root.removeHandler(handler)
 
 
 def series(documents: list[dict]) -> Counter:
@@ -52,7 +38,7 @@ def run(view, user_agent: str = "curl/8.5") -> None:
     audit.RequestLog()(request(user_agent=user_agent), get_response)
 
 
-def test_a_login_writes_one_access_line_that_counts_its_metrics_in_both_series(lines):
+def test_a_login_writes_one_access_line_that_counts_its_metrics_in_both_series(service_lines):
     def login():
         audit.cluster_resolved("prod-eu")
         audit.token_review_answered("prod-eu", 12.5)
@@ -60,7 +46,7 @@ def test_a_login_writes_one_access_line_that_counts_its_metrics_in_both_series(l
 
     run(login)
 
-    (access,) = lines()
+    (access,) = service_lines()
     assert (access["event"], access["outcome"], access["cluster"]) == ("request", "unavailable", "prod-eu")
     assert series([access]) == Counter({
         ("Logins", (("service", "dashboard-auth"),)): 1,
@@ -70,7 +56,7 @@ def test_a_login_writes_one_access_line_that_counts_its_metrics_in_both_series(l
     })
 
 
-def test_metrics_whose_dimensions_clash_on_the_line_each_get_a_line_of_their_own_and_all_are_counted(lines):
+def test_metrics_whose_dimensions_clash_on_the_line_each_get_a_line_of_their_own_and_all_are_counted(service_lines):
     def two_failures():
         audit.cluster_resolved("prod-eu")
         audit.cluster_failure("prod-eu", "connection_refused", "refused")
@@ -80,7 +66,7 @@ def test_metrics_whose_dimensions_clash_on_the_line_each_get_a_line_of_their_own
 
     run(two_failures)
 
-    written = lines()
+    written = service_lines()
     failures = Counter((line["cause"]) for line in written if line.get("event") == "cluster_failure")
     assert failures == {"connection_refused": 1, "timeout": 2}
     assert sum(line.get("event") == "request" for line in written) == 1
@@ -94,17 +80,17 @@ def test_metrics_whose_dimensions_clash_on_the_line_each_get_a_line_of_their_own
     assert counted["Logins", (("service", "dashboard-auth"),)] == 1
 
 
-def test_a_user_agent_carrying_a_token_is_scrubbed_on_the_access_line(lines):
+def test_a_user_agent_carrying_a_token_is_scrubbed_on_the_access_line(service_lines):
     token = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl"
 
     run(lambda: audit.cluster_resolved("prod-eu"), user_agent=f"script {token}")
 
-    (access,) = lines()
+    (access,) = service_lines()
     assert token not in json.dumps(access)
     assert access["user_agent"] == f"script {logs.REDACTED}"
 
 
-def test_outside_an_invocation_nothing_is_counted(lines):
+def test_outside_an_invocation_nothing_is_counted(service_lines):
     audit.login_unavailable("prod-eu")  # the operator CLI, a script
 
-    assert lines() == []
+    assert service_lines() == []

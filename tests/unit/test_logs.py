@@ -233,17 +233,6 @@ def test_scrubbing_twice_changes_nothing_more():
 
 # ---------------------------------------------------------------- the service's own JSON lines
 
-@pytest.fixture
-def service_lines():
-    """The handler the service logs through in Lambda (logs.service_handler), on a string."""
-    stream = io.StringIO()
-    handler = logs.service_handler(stream, "INFO")
-    root = logging.getLogger()
-    root.addHandler(handler)
-    yield lambda: [json.loads(line) for line in stream.getvalue().splitlines()]
-    root.removeHandler(handler)
-
-
 def test_fields_an_event_carries_are_scrubbed_like_the_message(service_lines):
     logging.getLogger("chalicelib.audit").info(
         "login refused", extra={"event": "login_refused", "user_agent": f"curl Bearer {SA_TOKEN}",
