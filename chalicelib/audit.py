@@ -190,8 +190,8 @@ def _with_metrics(fields: dict, invocation: _Invocation) -> dict:
     for metric, value in invocation.metrics.items():
         clash = any(fields.get(name, dimension) != dimension for name, dimension in metric.dimensions)
         if clash:
-            logs.log_fields(access_log, logging.INFO, _emf({"event": "metric"}, {_dimension_sets(metric): [(metric, value)]}),
-                            "metric %s", metric.name)
+            line = _emf({"event": "metric", **dict(metric.dimensions)}, {_dimension_sets(metric): [(metric, value)]})
+            logs.log_fields(access_log, logging.INFO, line, "metric %s", metric.name)
             continue
         fields.update(metric.dimensions)
         directives.setdefault(_dimension_sets(metric), []).append((metric, value))
@@ -206,12 +206,12 @@ def _dimension_sets(metric: _Metric) -> tuple:
 
 
 def _emf(fields: dict, directives: dict) -> dict:
-    """fields with CloudWatch's embedded metric format added: the directives under _aws, the values as members.
-    (The line's `service` member, which every line carries, is the service dimension.)"""
+    """fields with CloudWatch's embedded metric format added: the directives under _aws, the values as
+    members. The dimensions' values must be members of fields already; the line's `service` member,
+    which every line carries, is the service dimension."""
     for metrics in directives.values():
         for metric, value in metrics:
             fields[metric.name] = value
-            fields.update(metric.dimensions)
     fields["_aws"] = {
         "Timestamp": int(time.time() * 1000),
         "CloudWatchMetrics": [

@@ -229,7 +229,6 @@ def _verified_claims(token: str, alg: str, candidates: list) -> dict:
     header, payload, signature_text = parts
     try:
         signature = sessions.b64decode(signature_text)
-        claims = sessions.strict_json_member(payload)
     except sessions.InvalidToken:
         raise _forged("signature") from None
     if alg in _EC_SIGNATURE_BYTES and len(signature) != _EC_SIGNATURE_BYTES[alg]:
@@ -246,6 +245,10 @@ def _verified_claims(token: str, alg: str, candidates: list) -> dict:
             continue
     else:
         raise _forged("signature")
+    try:
+        claims = sessions.strict_json_member(payload)  # read only once the signature holds
+    except sessions.InvalidToken:
+        raise _forged("claims") from None
     if not isinstance(claims, dict):
         raise _forged("claims")
     return claims
