@@ -16,7 +16,7 @@ container would share it.
 
 After each restore (`after_restore`, a runtime hook), whatever must not be shared between containers
 restored from one snapshot, or was measured on the snapshotted container's clock:
-- connection pools (none are open at the snapshot, but a pool is closed and rebuilt regardless),
+- connection pools (none are open at the snapshot; a pool that ever connected is closed and rebuilt),
   the reviewer tokens and session keys in hand (none either), the Secrets Manager client's
   credentials and connections (none either: the client itself, its models and rules, is kept), the
   issuer caches and the circuit breakers (their monotonic times mean nothing in another container);
