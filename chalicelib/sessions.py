@@ -324,7 +324,6 @@ def _protected_header(kid: str | None) -> str:
     return _b64encode(_COMPACT_JSON.encode(header).encode())
 
 
-@functools.lru_cache(maxsize=1024)  # a session's token comes back on every refresh: read its exp once
 def jwt_expiry(service_account_token: str) -> datetime | None:
     """The `exp` a JWT declares, read without verification.
 
