@@ -287,9 +287,9 @@ def service_handler(stream, level: str | int) -> logging.Handler:
 def configure(level: str) -> None:
     """Log JSON lines through the scrubber at `level`.
 
-    Where nobody else set up logging (Lambda, whose runtime handler is replaced; `chalice local`; a
-    script) the service's handler writes JSON lines to stderr. Whatever other root handler there is
-    (a test's) keeps its format and gets the scrubber.
+    Where nobody else set up logging (Lambda, whose runtime handler is replaced; a script) the
+    service's handler writes JSON lines to stderr. Whatever other root handler there is (a test's,
+    or `chalice local`'s, which prints messages only) keeps its format and gets the scrubber.
     """
     # No line carries the thread or the process (one of each per Lambda container): don't look them up.
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
